@@ -1,1 +1,45 @@
+//! # collector
+//!
+//! A durable event collector for Kafka: accepted means on disk, and everything on disk reaches
+//! Kafka.
+//!
+//! # Layout
+//!
+//! ```text
+//!  HTTP POST /collect
+//!        │  body (gzip decoded), validated with simd-json
+//!        ▼
+//!  ingest ──framed record──▶ wal ──(fsync, group commit)──▶ 200 receipt
+//!                             │
+//!                             │ records in sequence order
+//!                             ▼
+//!                           flush ──one message per request──▶ Kafka `collect-topic1`
+//!                             │ ack_through(seq) once Kafka confirmed          │
+//!                             ▼                                                ▼
+//!                        segments reclaimed                  transform (consumer group)
+//!                                                   one row per event ──▶ `collect-topic2`
+//!                                                   unreadable message ──▶ dead-letter topic
+//! ```
+//!
+//! - [`ingest`]: HTTP server; decoding, limits, validation, error responses, status pages.
+//! - [`wal`]: sled write-ahead log with group commit, checksummed framing, segment reclamation.
+//! - [`flush`]: drains the WAL into the raw topic; acknowledges only what Kafka confirmed.
+//! - [`transform`]: raw request → rows; the consumer-group worker that produces them.
+//! - [`kafka`]: client configuration, topic creation, delivery tracking shared by the stages.
+//! - [`config`]: the command line and environment, validated at start-up.
+//! - [`app`]: wires the stages into the `run`, `serve` and `transform` modes.
+//! - [`telemetry`]: metric names and the Prometheus recorder.
 
+pub mod app;
+pub mod config;
+pub mod flush;
+pub mod ingest;
+pub mod kafka;
+pub mod telemetry;
+pub mod transform;
+pub mod wal;
+
+/// Milliseconds since the Unix epoch, by the wall clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

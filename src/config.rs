@@ -1,0 +1,351 @@
+//! The command line. Every flag is also an environment variable (`COLLECTOR_…`); values are
+//! validated before anything starts, so a bad setting stops the boot instead of the first
+//! request.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use thiserror::Error;
+
+use crate::app::{PipelineConfig, WalConfig};
+use crate::flush::FlushOptions;
+use crate::ingest::validate::Limits;
+use crate::ingest::{BodyLimits, ServerOptions};
+use crate::kafka::{KafkaSettings, KafkaStageError};
+use crate::transform::TransformOptions;
+
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Debug, Parser)]
+#[command(name = "collector", version, about = "A durable, high-throughput event collector for Kafka.", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `collector=debug,librdkafka=warn`.
+    #[arg(long, env = "COLLECTOR_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything in one process: HTTP ingest, WAL flusher and transform worker.
+    Run(RunArgs),
+    /// HTTP ingest and the WAL flusher (no transform).
+    Serve(ServeArgs),
+    /// Only the transform worker: collect-topic1 → collect-topic2.
+    Transform(TransformCmd),
+    /// Inspect a WAL directory (stop the collector using it first).
+    Wal(WalCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(flatten)]
+    pub transform: TransformArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub ingest: IngestArgs,
+    #[command(flatten)]
+    pub wal: WalArgs,
+    #[command(flatten)]
+    pub flush: FlushArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TransformCmd {
+    #[command(flatten)]
+    pub transform: TransformArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "COLLECTOR_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// Largest request body accepted on the wire, in bytes (compressed size for gzip).
+    #[arg(long, env = "COLLECTOR_MAX_BODY_BYTES", default_value_t = MIB as usize)]
+    pub max_body_bytes: usize,
+    /// Largest body after gzip decoding, in bytes (gzip-bomb guard).
+    #[arg(long, env = "COLLECTOR_MAX_DECOMPRESSED_BYTES", default_value_t = 8 * MIB as usize)]
+    pub max_decompressed_bytes: usize,
+    /// Most events in one request.
+    #[arg(long, env = "COLLECTOR_MAX_EVENTS", default_value_t = 1000)]
+    pub max_events: usize,
+    /// A client must send its whole body within this time.
+    #[arg(long, env = "COLLECTOR_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+    /// A connection must send complete request headers within this time.
+    #[arg(long, env = "COLLECTOR_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// On shutdown, how long in-flight requests may take before connections are closed.
+    #[arg(long, env = "COLLECTOR_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
+    pub shutdown_grace_ms: u64,
+    /// Name of this collector instance, put in every raw message's headers.
+    #[arg(long, env = "COLLECTOR_NODE_ID")]
+    pub node_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WalArgs {
+    /// Directory of the write-ahead log (created if missing).
+    #[arg(long, env = "COLLECTOR_WAL_DIR", default_value = "collector-wal")]
+    pub wal_dir: PathBuf,
+    /// Roll to a new WAL segment after this many MiB of records.
+    #[arg(long, env = "COLLECTOR_WAL_SEGMENT_MIB", default_value_t = 64)]
+    pub wal_segment_mib: u64,
+    /// sled page cache, in MiB.
+    #[arg(long, env = "COLLECTOR_WAL_CACHE_MIB", default_value_t = 64)]
+    pub wal_cache_mib: u64,
+    /// Most requests made durable by one fsync.
+    #[arg(long, env = "COLLECTOR_WAL_GROUP_COMMIT_MAX", default_value_t = 1024)]
+    pub wal_group_commit_max: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct FlushArgs {
+    /// Most WAL records per Kafka batch.
+    #[arg(long, env = "COLLECTOR_FLUSH_BATCH_RECORDS", default_value_t = 5000)]
+    pub flush_batch_records: usize,
+    /// About this many MiB per Kafka batch at most.
+    #[arg(long, env = "COLLECTOR_FLUSH_BATCH_MIB", default_value_t = 8)]
+    pub flush_batch_mib: u64,
+    /// Producer linger.ms for the raw topic.
+    #[arg(long, env = "COLLECTOR_FLUSH_LINGER_MS", default_value_t = 20)]
+    pub flush_linger_ms: u64,
+    /// Producer message.timeout.ms; a message not confirmed in this time is resent.
+    #[arg(long, env = "COLLECTOR_FLUSH_MESSAGE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub flush_message_timeout_ms: u64,
+    /// Longest pause between retries while Kafka is unreachable.
+    #[arg(long, env = "COLLECTOR_FLUSH_MAX_BACKOFF_MS", default_value_t = 5_000)]
+    pub flush_max_backoff_ms: u64,
+    /// On shutdown, how long to keep delivering the WAL to Kafka before exiting anyway
+    /// (what is left is delivered after the next start).
+    #[arg(long, env = "COLLECTOR_DRAIN_TIMEOUT_MS", default_value_t = 15_000)]
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct TransformArgs {
+    /// Consumer group of the transform workers.
+    #[arg(long, env = "COLLECTOR_GROUP_ID", default_value = "collector-transform")]
+    pub group_id: String,
+    /// Most raw messages per transform batch.
+    #[arg(long, env = "COLLECTOR_TRANSFORM_BATCH", default_value_t = 2000)]
+    pub transform_batch: usize,
+    /// How long a transform batch waits to fill.
+    #[arg(long, env = "COLLECTOR_TRANSFORM_WAIT_MS", default_value_t = 100)]
+    pub transform_wait_ms: u64,
+    /// Producer linger.ms for the transformed topic.
+    #[arg(long, env = "COLLECTOR_TRANSFORM_LINGER_MS", default_value_t = 20)]
+    pub transform_linger_ms: u64,
+    /// Producer message.timeout.ms for the transformed topic.
+    #[arg(long, env = "COLLECTOR_TRANSFORM_MESSAGE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub transform_message_timeout_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, env = "COLLECTOR_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Topic for raw requests (one message per accepted request).
+    #[arg(long, env = "COLLECTOR_RAW_TOPIC", default_value = "collect-topic1")]
+    pub raw_topic: String,
+    /// Topic for transformed rows (one message per event).
+    #[arg(long, env = "COLLECTOR_TRANSFORMED_TOPIC", default_value = "collect-topic2")]
+    pub transformed_topic: String,
+    /// Topic for raw messages the transform cannot read.
+    #[arg(long, env = "COLLECTOR_DEAD_LETTER_TOPIC", default_value = "collect-dlq")]
+    pub dead_letter_topic: String,
+    /// Partitions of topics the collector creates.
+    #[arg(long, env = "COLLECTOR_TOPIC_PARTITIONS", default_value_t = 4)]
+    pub topic_partitions: i32,
+    /// Replication factor of topics the collector creates.
+    #[arg(long, env = "COLLECTOR_TOPIC_REPLICATION", default_value_t = 1)]
+    pub topic_replication: i32,
+    /// Extra librdkafka property for every client, `key=value` (repeatable; in the environment
+    /// comma-separated), e.g. `security.protocol=SASL_SSL`. Overrides the collector's defaults.
+    #[arg(short = 'X', long = "kafka-property", env = "COLLECTOR_KAFKA_PROPERTIES", value_delimiter = ',')]
+    pub kafka_properties: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WalCmd {
+    #[command(subcommand)]
+    pub action: WalAction,
+    /// Directory of the write-ahead log.
+    #[arg(long, env = "COLLECTOR_WAL_DIR", default_value = "collector-wal", global = true)]
+    pub wal_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalAction {
+    /// Print positions, pending records, segments and size as JSON.
+    Stats,
+    /// Read every pending record and check its checksum; exit 1 if any is corrupt.
+    Verify,
+    /// List quarantined records (sequence number and size) as JSON lines.
+    Quarantine,
+}
+
+/// A setting that cannot work.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Kafka(#[from] KafkaStageError),
+}
+
+fn positive(name: &str, value: u64) -> Result<u64, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Invalid(format!("{name} must be above zero")));
+    }
+    Ok(value)
+}
+
+impl KafkaArgs {
+    pub fn settings(&self) -> Result<KafkaSettings, ConfigError> {
+        let settings = KafkaSettings {
+            brokers: self.brokers.clone(),
+            properties: KafkaSettings::parse_properties(&self.kafka_properties)?,
+            raw_topic: self.raw_topic.clone(),
+            transformed_topic: self.transformed_topic.clone(),
+            dead_letter_topic: self.dead_letter_topic.clone(),
+            topic_partitions: self.topic_partitions,
+            topic_replication: self.topic_replication,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+impl TransformArgs {
+    pub fn options(&self) -> Result<TransformOptions, ConfigError> {
+        if self.group_id.is_empty() {
+            return Err(ConfigError::Invalid("--group-id must not be empty".into()));
+        }
+        Ok(TransformOptions {
+            group_id: self.group_id.clone(),
+            batch_messages: positive("--transform-batch", self.transform_batch as u64)? as usize,
+            batch_wait: Duration::from_millis(positive("--transform-wait-ms", self.transform_wait_ms)?),
+            linger_ms: self.transform_linger_ms,
+            message_timeout_ms: positive("--transform-message-timeout-ms", self.transform_message_timeout_ms)?,
+        })
+    }
+}
+
+impl ServeArgs {
+    /// Builds and validates the pipeline configuration; `transform` adds the worker (`run`).
+    pub fn pipeline(&self, transform: Option<&TransformArgs>) -> Result<PipelineConfig, ConfigError> {
+        let i = &self.ingest;
+        let node_id = match &i.node_id {
+            Some(id) if !id.trim().is_empty() => id.trim().to_string(),
+            Some(_) => return Err(ConfigError::Invalid("--node-id must not be empty".into())),
+            None => default_node_id(),
+        };
+        if i.max_decompressed_bytes < i.max_body_bytes {
+            return Err(ConfigError::Invalid("--max-decompressed-bytes must be at least --max-body-bytes".into()));
+        }
+        Ok(PipelineConfig {
+            listen: i.listen,
+            node_id: node_id.clone(),
+            server: ServerOptions {
+                body: BodyLimits {
+                    max_body_bytes: positive("--max-body-bytes", i.max_body_bytes as u64)? as usize,
+                    max_decompressed_bytes: i.max_decompressed_bytes,
+                    body_timeout: Duration::from_millis(positive("--body-timeout-ms", i.body_timeout_ms)?),
+                },
+                validate: Limits { max_events: positive("--max-events", i.max_events as u64)? as usize },
+                header_timeout: Duration::from_millis(positive("--header-timeout-ms", i.header_timeout_ms)?),
+                shutdown_grace: Duration::from_millis(i.shutdown_grace_ms),
+            },
+            wal: WalConfig {
+                dir: self.wal.wal_dir.clone(),
+                segment_bytes: positive("--wal-segment-mib", self.wal.wal_segment_mib)? * MIB,
+                cache_bytes: positive("--wal-cache-mib", self.wal.wal_cache_mib)? * MIB,
+                group_commit_max: positive("--wal-group-commit-max", self.wal.wal_group_commit_max as u64)? as usize,
+            },
+            flush: FlushOptions {
+                batch_records: positive("--flush-batch-records", self.flush.flush_batch_records as u64)? as usize,
+                batch_bytes: (positive("--flush-batch-mib", self.flush.flush_batch_mib)? * MIB) as usize,
+                linger_ms: self.flush.flush_linger_ms,
+                message_timeout_ms: positive("--flush-message-timeout-ms", self.flush.flush_message_timeout_ms)?,
+                max_backoff: Duration::from_millis(positive(
+                    "--flush-max-backoff-ms",
+                    self.flush.flush_max_backoff_ms,
+                )?),
+                node_id,
+            },
+            drain_timeout: Duration::from_millis(self.flush.drain_timeout_ms),
+            kafka: self.kafka.settings()?,
+            transform: transform.map(TransformArgs::options).transpose()?,
+        })
+    }
+}
+
+fn default_node_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "collector".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<PipelineConfig, String> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("collector").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Run(r) => r.serve.pipeline(Some(&r.transform)).map_err(|e| e.to_string()),
+            Command::Serve(s) => s.pipeline(None).map_err(|e| e.to_string()),
+            other => Err(format!("unexpected {other:?}")),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_brief() {
+        let cfg = parse(&["run"]).unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(cfg.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(
+            (cfg.kafka.raw_topic.as_str(), cfg.kafka.transformed_topic.as_str()),
+            ("collect-topic1", "collect-topic2")
+        );
+        assert_eq!(cfg.kafka.topic_partitions, 4);
+        assert_eq!(cfg.server.validate.max_events, 1000);
+        assert!(cfg.transform.is_some());
+        assert!(parse(&["serve"]).unwrap().transform.is_none());
+    }
+
+    #[test]
+    fn bad_settings_refuse_to_boot() {
+        assert!(parse(&["run", "--max-events", "0"]).is_err());
+        assert!(parse(&["run", "--raw-topic", "bad topic"]).is_err());
+        assert!(parse(&["run", "--raw-topic", "same", "--transformed-topic", "same"]).is_err());
+        assert!(parse(&["run", "-X", "no-equals-sign"]).is_err());
+        assert!(parse(&["run", "-X", "no.such.librdkafka.property=1"]).is_err());
+        assert!(parse(&["run", "--listen", "not-an-address"]).is_err());
+        assert!(parse(&["run", "--max-body-bytes", "100", "--max-decompressed-bytes", "10"]).is_err());
+    }
+
+    #[test]
+    fn kafka_properties_pass_through() {
+        let cfg = parse(&["run", "-X", "linger.ms=7", "-X", "client.id=abc"]).unwrap();
+        assert_eq!(cfg.kafka.properties, vec![("linger.ms".into(), "7".into()), ("client.id".into(), "abc".into())]);
+    }
+}

@@ -1,0 +1,117 @@
+//! The one place where ingest errors become HTTP responses.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use thiserror::Error;
+
+use super::validate::{Invalid, InvalidKind};
+use crate::wal::WalError;
+
+/// Everything that can go wrong with one `/collect` request.
+///
+/// Policy: client errors (4xx) are the client's to fix and are never retried by us; 503s are
+/// retryable and carry `Retry-After`; a 500 means the WAL itself failed and an operator must look.
+/// Each variant has a stable machine-readable `code`.
+#[derive(Debug, Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    Invalid(Invalid),
+    #[error("the body is larger than the {limit}-byte limit")]
+    BodyTooLarge { limit: usize },
+    #[error("the body decompresses to more than the {limit}-byte limit")]
+    DecompressedTooLarge { limit: usize },
+    #[error("unsupported Content-Type {0:?}; send application/json or text/plain")]
+    UnsupportedMediaType(String),
+    #[error("unsupported Content-Encoding {0:?}; send gzip or no encoding")]
+    UnsupportedEncoding(String),
+    #[error("the body is not valid gzip: {0}")]
+    BadGzip(String),
+    #[error("the body could not be read: {0}")]
+    BodyRead(String),
+    #[error("the body did not arrive within {secs}s")]
+    BodyTimeout { secs: u64 },
+    #[error("the collector is shutting down; retry against another instance or later")]
+    Draining,
+    #[error("{0}")]
+    Wal(WalError),
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+}
+
+impl IngestError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            IngestError::Invalid(i) => i.code,
+            IngestError::BodyTooLarge { .. } => "body_too_large",
+            IngestError::DecompressedTooLarge { .. } => "decompressed_too_large",
+            IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
+            IngestError::UnsupportedEncoding(_) => "unsupported_encoding",
+            IngestError::BadGzip(_) => "invalid_gzip",
+            IngestError::BodyRead(_) => "body_read_failed",
+            IngestError::BodyTimeout { .. } => "request_timeout",
+            IngestError::Draining => "draining",
+            IngestError::Wal(e) if e.is_retryable() => "wal_unavailable",
+            IngestError::Wal(_) => "wal_error",
+            IngestError::NotFound(_) => "not_found",
+            IngestError::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngestError::Invalid(i) if i.kind == InvalidKind::Malformed => StatusCode::BAD_REQUEST,
+            IngestError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            IngestError::BodyTooLarge { .. } | IngestError::DecompressedTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            IngestError::BadGzip(_) | IngestError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            IngestError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Wal(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Wal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IngestError::NotFound(_) => StatusCode::NOT_FOUND,
+            IngestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (message, path) = match &self {
+            IngestError::Invalid(i) => (i.message.clone(), Some(i.path.as_str())),
+            other => (other.to_string(), None),
+        };
+        crate::telemetry::request_rejected(self.code());
+        let body = serde_json::to_vec(&ErrorBody { error: ErrorDetail { code: self.code(), message, path } })
+            .expect("serialising an error body cannot fail");
+        let mut response =
+            (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+        }
+        response
+    }
+}

@@ -1,0 +1,20 @@
+//! Ingest: the HTTP front door.
+//!
+//! # Contract
+//! In: `POST /collect` requests. Out: for each valid request, one framed record appended to the
+//! WAL; the client gets `200 {"status":"ok","seq":…,"events":…}` only after the WAL reports the
+//! record durable. Every rejection is a JSON error with a stable `code` (see [`IngestError`]);
+//! a rejected request writes nothing, so it can harm neither the WAL nor Kafka nor the next
+//! request. Bodies are bounded on the wire and after gzip decoding, slow bodies and slow headers
+//! time out. Not guaranteed: a client whose connection drops after the WAL append but before
+//! the response will retry and may store the batch twice.
+
+mod body;
+mod error;
+pub mod server;
+mod status;
+pub mod validate;
+
+pub use body::BodyLimits;
+pub use error::IngestError;
+pub use server::{router, serve, IngestState, ServerOptions};

@@ -1,0 +1,158 @@
+//! The HTTP server: routes, the `/collect` handler, and an accept loop with connection
+//! timeouts and graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, Request, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tracing::{debug, info, warn};
+
+use super::body::{self, BodyLimits};
+use super::validate::{self, Limits};
+use super::{status, IngestError};
+use crate::flush::FlushStatus;
+use crate::wal::record::{self, Entry};
+use crate::wal::{LogStore, WalWriter};
+
+/// Settings of the HTTP server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub body: BodyLimits,
+    pub validate: Limits,
+    /// A connection that has not sent complete request headers within this time is closed
+    /// (slowloris protection).
+    pub header_timeout: Duration,
+    /// How long shutdown waits for in-flight requests before closing connections.
+    pub shutdown_grace: Duration,
+}
+
+/// Shared state of the handlers.
+pub struct IngestState {
+    pub writer: WalWriter,
+    pub log: Arc<dyn LogStore>,
+    pub options: ServerOptions,
+    /// Set when shutdown starts: `/collect` answers 503 and `/readyz` turns unready, so load
+    /// balancers move traffic away while in-flight requests finish.
+    pub draining: AtomicBool,
+    pub node_id: String,
+    pub started: Instant,
+    pub metrics: PrometheusHandle,
+    pub flush: Arc<FlushStatus>,
+}
+
+/// The 200 answer to `/collect`: sent only once the request is durable in the WAL.
+#[derive(Debug, Serialize)]
+struct Receipt {
+    status: &'static str,
+    /// WAL sequence number; also carried in the raw Kafka message's headers.
+    seq: u64,
+    events: usize,
+}
+
+pub fn router(state: Arc<IngestState>) -> Router {
+    Router::new()
+        .route("/collect", post(collect))
+        .route("/", get(status::home))
+        .route("/healthz", get(status::healthz))
+        .route("/readyz", get(status::readyz))
+        .route("/metrics", get(status::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn collect(
+    State(state): State<Arc<IngestState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Receipt>, IngestError> {
+    if state.draining.load(Ordering::Acquire) {
+        return Err(IngestError::Draining);
+    }
+    let raw = body::read(&headers, body, state.options.body).await?;
+    // simd-json rewrites its input: validate a scratch copy, store the original bytes.
+    let mut scratch = raw.to_vec();
+    let events =
+        validate::parse_request(&mut scratch, state.options.validate).map_err(IngestError::Invalid)?.events.len();
+    let client = peer.to_string();
+    let frame = record::encode(&Entry { received_at_ms: crate::now_ms(), client: &client, payload: &raw });
+    let seq = state.writer.append(frame).await.map_err(IngestError::Wal)?;
+    crate::telemetry::request_accepted(events);
+    Ok(Json(Receipt { status: "ok", seq, events }))
+}
+
+async fn not_found(uri: Uri) -> IngestError {
+    IngestError::NotFound(uri.path().to_string())
+}
+
+async fn method_not_allowed() -> IngestError {
+    IngestError::MethodNotAllowed
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
+/// requests finish (up to `grace`) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    grace: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Usually EMFILE; back off instead of spinning.
+                    warn!(error = %e, "Accepting a connection failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let app = app.clone();
+            async move { Ok::<Response, Infallible>(app.oneshot(req).await.into_response()) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "A connection ended with an error.");
+            }
+        });
+    }
+    drop(listener);
+    info!("Stopped accepting connections; waiting for in-flight requests.");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        warn!(
+            grace_ms = grace.as_millis() as u64,
+            "Some connections were still open after the grace period; closing them."
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! Status endpoints: the home page (HTML for people, JSON for machines), liveness, readiness
+//! and Prometheus metrics.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use super::server::IngestState;
+use crate::flush::FlushSnapshot;
+use crate::wal::WalStats;
+
+#[derive(Serialize)]
+struct Status {
+    service: &'static str,
+    version: &'static str,
+    node_id: String,
+    ready: bool,
+    draining: bool,
+    uptime_secs: u64,
+    wal: WalStats,
+    flush: FlushSnapshot,
+}
+
+fn snapshot(state: &IngestState) -> Status {
+    let wal = state.log.stats();
+    crate::telemetry::wal_levels(wal.pending_records, wal.disk_bytes);
+    let draining = state.draining.load(Ordering::Acquire);
+    Status {
+        service: "collector",
+        version: env!("CARGO_PKG_VERSION"),
+        node_id: state.node_id.clone(),
+        ready: !draining,
+        draining,
+        uptime_secs: state.started.elapsed().as_secs(),
+        wal,
+        flush: state.flush.snapshot(),
+    }
+}
+
+pub async fn home(State(state): State<Arc<IngestState>>, headers: HeaderMap) -> Response {
+    let status = snapshot(&state);
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json") && !v.contains("text/html"));
+    if wants_json {
+        return Json(status).into_response();
+    }
+    let kafka = match (&status.flush.last_error, status.flush.kafka_ok) {
+        (_, true) => "delivering".to_string(),
+        (Some(e), false) => format!("retrying: {}", html_escape(e)),
+        (None, false) => "not connected yet".to_string(),
+    };
+    Html(format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<title>collector</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem}}
+td{{padding:.2rem 1rem .2rem 0}}code{{background:#f3f3f3;padding:0 .3rem}}</style></head>
+<body><h1>collector</h1>
+<p>Durable event collector for Kafka. <code>POST /collect</code> with a JSON batch of events;
+a 200 means the batch is on disk and will reach Kafka.</p>
+<table>
+<tr><td>status</td><td><b>{state_word}</b></td></tr>
+<tr><td>node</td><td>{node}</td></tr>
+<tr><td>uptime</td><td>{uptime}s</td></tr>
+<tr><td>WAL pending records</td><td>{pending}</td></tr>
+<tr><td>WAL next sequence</td><td>{next}</td></tr>
+<tr><td>delivered to Kafka through</td><td>{delivered}</td></tr>
+<tr><td>WAL segments / disk</td><td>{segments} / {disk} bytes</td></tr>
+<tr><td>quarantined records</td><td>{quarantined}</td></tr>
+<tr><td>Kafka</td><td>{kafka}</td></tr>
+</table>
+<p><a href="/metrics">metrics</a> · <a href="/healthz">healthz</a> · <a href="/readyz">readyz</a> ·
+JSON: <code>curl -H 'Accept: application/json' /</code></p>
+</body></html>"#,
+        state_word = if status.draining { "draining" } else { "accepting" },
+        node = html_escape(&status.node_id),
+        uptime = status.uptime_secs,
+        pending = status.wal.pending_records,
+        next = status.wal.next_seq,
+        delivered = status.wal.delivered_through,
+        segments = status.wal.segments,
+        disk = status.wal.disk_bytes,
+        quarantined = status.wal.quarantined,
+    ))
+    .into_response()
+}
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "alive"}))
+}
+
+pub async fn readyz(State(state): State<Arc<IngestState>>) -> Response {
+    if state.draining.load(Ordering::Acquire) {
+        let body = Json(serde_json::json!({"ready": false, "reason": "draining"}));
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], body).into_response();
+    }
+    Json(serde_json::json!({"ready": true})).into_response()
+}
+
+pub async fn metrics(State(state): State<Arc<IngestState>>) -> Response {
+    let wal = state.log.stats();
+    crate::telemetry::wal_levels(wal.pending_records, wal.disk_bytes);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}

@@ -1,0 +1,146 @@
+//! Sending a batch through a `BaseProducer` and learning the fate of every message.
+//!
+//! `BaseProducer` with a `usize` delivery opaque is much cheaper per message than awaiting
+//! `FutureProducer` futures; the opaque is the message's index in the caller's batch, so a
+//! caller can resend exactly the messages that failed.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use tracing::{debug, error, info, warn};
+
+/// Producer context that counts outstanding deliveries and records failures.
+#[derive(Default)]
+pub struct TrackingContext {
+    /// Behind a mutex because librdkafka calls `delivery` from the thread that polls, which is
+    /// also the thread that sends; contention is nil.
+    state: Mutex<Tracked>,
+}
+
+#[derive(Default)]
+struct Tracked {
+    outstanding: usize,
+    failed: Vec<(usize, KafkaError)>,
+}
+
+pub type TrackingProducer = BaseProducer<TrackingContext>;
+
+impl ClientContext for TrackingContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                error!(target: "librdkafka", "{fac}: {message}")
+            }
+            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", "{fac}: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => info!(target: "librdkafka", "{fac}: {message}"),
+            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", "{fac}: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Broker-down errors repeat every few seconds while Kafka is away; they are expected and
+        // the stage reports its own state, so keep them at warn.
+        warn!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+impl ProducerContext for TrackingContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
+        let mut state = self.state.lock().expect("tracking lock poisoned");
+        state.outstanding = state.outstanding.saturating_sub(1);
+        if let Err((e, _)) = result {
+            state.failed.push((index, e.clone()));
+        }
+    }
+}
+
+/// What happened to a batch.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// Indices (the delivery opaques) of the messages Kafka did not take, with the reason.
+    pub failed: Vec<(usize, KafkaError)>,
+}
+
+impl BatchOutcome {
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// One batch in flight on a producer. Only one batch per producer at a time.
+pub struct Batch<'p> {
+    producer: &'p TrackingProducer,
+}
+
+impl<'p> Batch<'p> {
+    pub fn new(producer: &'p TrackingProducer) -> Self {
+        let mut state = producer.context().state.lock().expect("tracking lock poisoned");
+        state.outstanding = 0;
+        state.failed.clear();
+        drop(state);
+        Batch { producer }
+    }
+
+    /// Enqueues one message; waits (polling delivery reports) while librdkafka's queue is full.
+    ///
+    /// # Errors
+    /// The [`KafkaError`] librdkafka refused the message with (too large, unknown topic…); the
+    /// message is then not outstanding.
+    pub fn send<K, P>(&mut self, mut record: BaseRecord<'_, K, P, usize>) -> Result<(), KafkaError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        loop {
+            // Count before sending: the delivery callback can only run inside `poll`, on this
+            // thread, so there is no race.
+            self.producer.context().state.lock().expect("tracking lock poisoned").outstanding += 1;
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((e, returned)) => {
+                    self.producer.context().state.lock().expect("tracking lock poisoned").outstanding -= 1;
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
+                        self.producer.poll(Duration::from_millis(50));
+                        record = returned;
+                        continue;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Polls until every enqueued message was confirmed or failed. librdkafka fails a message
+    /// after `message.timeout.ms` at the latest, so this returns in bounded time.
+    pub fn wait(self) -> BatchOutcome {
+        loop {
+            {
+                let mut state = self.producer.context().state.lock().expect("tracking lock poisoned");
+                if state.outstanding == 0 {
+                    return BatchOutcome { failed: std::mem::take(&mut state.failed) };
+                }
+            }
+            self.producer.poll(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Builds headers from `(name, value)` pairs.
+pub fn headers(pairs: &[(&str, &[u8])]) -> OwnedHeaders {
+    pairs.iter().fold(OwnedHeaders::new_with_capacity(pairs.len()), |h, (key, value)| {
+        h.insert(Header { key, value: Some(*value) })
+    })
+}
+
+/// True when the producer hit a fatal error (e.g. idempotent-producer state lost) and must be
+/// replaced.
+pub fn is_fatal(producer: &TrackingProducer) -> bool {
+    producer.client().fatal_error().is_some()
+}

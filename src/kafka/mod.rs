@@ -1,0 +1,34 @@
+//! Kafka plumbing shared by the flusher and the transform worker.
+//!
+//! # Contract
+//! [`KafkaSettings`] turns the command line into librdkafka configurations (user-supplied
+//! properties win over ours, so TLS/SASL and tuning pass straight through). [`ensure_topics`]
+//! creates missing topics and leaves existing ones alone. [`Batch`] sends a batch through a
+//! `BaseProducer` and waits until Kafka confirmed or refused every message, reporting which
+//! ones failed, so callers acknowledge only what Kafka has.
+
+mod admin;
+mod batch;
+mod error;
+mod settings;
+
+pub use admin::ensure_topics;
+pub use batch::{headers as make_headers, is_fatal, Batch, BatchOutcome, TrackingContext, TrackingProducer};
+pub use error::KafkaStageError;
+pub use settings::KafkaSettings;
+
+/// Header names on raw (`collect-topic1`) messages.
+pub mod headers {
+    /// WAL sequence number of the request, decimal.
+    pub const SEQ: &str = "collector-seq";
+    /// When the collector accepted the request: milliseconds since the epoch, decimal.
+    pub const RECEIVED_AT: &str = "collector-received-at";
+    /// Which collector instance accepted it (`--node-id`).
+    pub const NODE: &str = "collector-node";
+    /// The client's address as the collector saw it.
+    pub const CLIENT: &str = "collector-client";
+    /// On dead-letter messages: why the transform could not read the raw message.
+    pub const ERROR: &str = "collector-error";
+    /// On dead-letter messages: where the raw message came from, `topic/partition/offset`.
+    pub const SOURCE: &str = "collector-source";
+}

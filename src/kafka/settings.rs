@@ -1,0 +1,96 @@
+use rdkafka::ClientConfig;
+
+use super::KafkaStageError;
+
+/// Connection and topic settings shared by every Kafka client of the collector.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Extra librdkafka properties (`key=value`), applied last so they override our defaults.
+    pub properties: Vec<(String, String)>,
+    pub raw_topic: String,
+    pub transformed_topic: String,
+    pub dead_letter_topic: String,
+    /// Partitions for topics the collector creates.
+    pub topic_partitions: i32,
+    /// Replication factor for topics the collector creates.
+    pub topic_replication: i32,
+}
+
+impl KafkaSettings {
+    /// A client configuration with `bootstrap.servers`, our `defaults`, then the user's
+    /// properties on top.
+    pub fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            config.set(*k, *v);
+        }
+        for (k, v) in &self.properties {
+            config.set(k, v);
+        }
+        config
+    }
+
+    /// Parses `key=value` pairs as given on the command line.
+    ///
+    /// # Errors
+    /// [`KafkaStageError::Config`] for an entry without `=` or with an empty key.
+    pub fn parse_properties(raw: &[String]) -> Result<Vec<(String, String)>, KafkaStageError> {
+        raw.iter()
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+                _ => Err(KafkaStageError::Config(format!("Kafka property {p:?} is not of the form key=value"))),
+            })
+            .collect()
+    }
+
+    /// Checks what can be checked without a broker.
+    ///
+    /// # Errors
+    /// [`KafkaStageError::Config`] naming the bad setting.
+    pub fn validate(&self) -> Result<(), KafkaStageError> {
+        if self.brokers.trim().is_empty() {
+            return Err(KafkaStageError::Config("--brokers must not be empty".into()));
+        }
+        for (name, topic) in [
+            ("--raw-topic", &self.raw_topic),
+            ("--transformed-topic", &self.transformed_topic),
+            ("--dead-letter-topic", &self.dead_letter_topic),
+        ] {
+            if topic.is_empty()
+                || topic.len() > 249
+                || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(KafkaStageError::Config(format!("{name} {topic:?} is not a valid Kafka topic name")));
+            }
+        }
+        if self.raw_topic == self.transformed_topic {
+            return Err(KafkaStageError::Config("--raw-topic and --transformed-topic must differ".into()));
+        }
+        if self.topic_partitions < 1 || self.topic_replication < 1 {
+            return Err(KafkaStageError::Config(
+                "--topic-partitions and --topic-replication must be at least 1".into(),
+            ));
+        }
+        // Let librdkafka judge the properties themselves: building a client validates them.
+        self.client_config(&[])
+            .create::<rdkafka::producer::BaseProducer>()
+            .map_err(|e| KafkaStageError::Config(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_parse_and_reject_garbage() {
+        let ok = KafkaSettings::parse_properties(&["linger.ms=50".into(), "sasl.password=a=b".into()]).unwrap();
+        assert_eq!(ok, vec![("linger.ms".into(), "50".into()), ("sasl.password".into(), "a=b".into())]);
+        assert!(KafkaSettings::parse_properties(&["nonsense".into()]).is_err());
+        assert!(KafkaSettings::parse_properties(&["=1".into()]).is_err());
+    }
+}

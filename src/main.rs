@@ -1,0 +1,82 @@
+//! The `collector` binary: parse the command line, start, wait for SIGTERM/SIGINT, drain.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use collector::app::{self, Pipeline};
+use collector::config::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+mod wal_cmd;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_target(false)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("collector: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::Wal(cmd) = &cli.command {
+        return wal_cmd::run(cmd);
+    }
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => {
+                let config = args.serve.pipeline(Some(&args.transform)).context("invalid configuration")?;
+                serve(config).await
+            }
+            Command::Serve(args) => {
+                let config = args.pipeline(None).context("invalid configuration")?;
+                serve(config).await
+            }
+            Command::Transform(args) => {
+                let kafka = args.kafka.settings().context("invalid configuration")?;
+                let options = args.transform.options().context("invalid configuration")?;
+                app::run_transform(kafka, options, shutdown_signal()).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Wal(_) => unreachable!("handled above"),
+        }
+    })
+}
+
+async fn serve(config: app::PipelineConfig) -> Result<ExitCode> {
+    let pipeline = Pipeline::start(config).await?;
+    shutdown_signal().await;
+    pipeline.stop().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

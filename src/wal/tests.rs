@@ -1,0 +1,148 @@
+//! Tests of the sled log and the group-commit writer.
+
+use std::sync::Arc;
+
+use super::record::{self, Entry};
+use super::*;
+
+fn frame(n: u64) -> Vec<u8> {
+    let payload = format!(r#"{{"n":{n}}}"#);
+    record::encode(&Entry { received_at_ms: n, client: "test", payload: payload.as_bytes() })
+}
+
+fn payload_of(r: &ReadRecord) -> String {
+    let frame = r.frame.as_ref().expect("record should be readable");
+    String::from_utf8(record::decode(frame).unwrap().payload.to_vec()).unwrap()
+}
+
+fn open(dir: &std::path::Path, segment_bytes: u64) -> SledLog {
+    SledLog::open(dir, LogOptions { segment_bytes, cache_bytes: 8 << 20 }).unwrap()
+}
+
+#[test]
+fn append_read_ack_and_reopen_resume_where_they_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path(), 1 << 20);
+        assert_eq!(log.append(&[frame(1), frame(2), frame(3)]).unwrap(), 1);
+        log.sync().unwrap();
+        let read = log.read(1, 3, 10, usize::MAX).unwrap();
+        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(payload_of(&read[1]), r#"{"n":2}"#);
+        log.ack_through(2).unwrap();
+        assert_eq!(log.stats().pending_records, 1);
+    }
+    let log = open(dir.path(), 1 << 20);
+    let stats = log.stats();
+    assert_eq!((stats.next_seq, stats.delivered_through, stats.pending_records), (4, 2, 1));
+    assert_eq!(log.append(&[frame(4)]).unwrap(), 4, "sequence numbers continue after a reopen");
+    let read = log.read(stats.delivered_through + 1, 10, 10, usize::MAX).unwrap();
+    assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 4]);
+}
+
+#[test]
+fn reads_respect_the_bounds_and_the_batch_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), 1 << 20);
+    log.append(&(1..=10).map(frame).collect::<Vec<_>>()).unwrap();
+    assert_eq!(log.read(3, 5, 100, usize::MAX).unwrap().len(), 3);
+    assert_eq!(log.read(3, 10, 4, usize::MAX).unwrap().len(), 4);
+    assert_eq!(log.read(3, 10, 100, 1).unwrap().len(), 1, "at least one record even if it exceeds max_bytes");
+    assert!(log.read(11, 10, 100, usize::MAX).unwrap().is_empty());
+}
+
+#[test]
+fn delivered_segments_are_dropped_whole_and_reads_cross_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    // Tiny segments: every append call rolls to a new tree once the previous one has any bytes.
+    let log = open(dir.path(), 1);
+    for n in 1..=5 {
+        log.append(&[frame(n)]).unwrap();
+    }
+    assert_eq!(log.stats().segments, 5);
+    let all = log.read(1, 5, 100, usize::MAX).unwrap();
+    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    log.ack_through(3).unwrap();
+    assert_eq!(log.stats().segments, 2, "segments 1..=3 are reclaimed, 4 and the active 5 stay");
+    let rest = log.read(4, 5, 100, usize::MAX).unwrap();
+    assert_eq!(rest.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5]);
+    log.ack_through(5).unwrap();
+    assert_eq!(log.stats().segments, 1, "the active segment is never dropped");
+    drop(log);
+    let log = open(dir.path(), 1);
+    assert_eq!(log.stats().pending_records, 0);
+    assert_eq!(log.stats().next_seq, 6);
+}
+
+#[test]
+fn a_corrupt_record_is_quarantined_and_the_rest_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), 1 << 20);
+    let mut bad = frame(2);
+    let last = bad.len() - 1;
+    bad[last] ^= 0x01;
+    log.append(&[frame(1), bad, frame(3)]).unwrap();
+    let report = log.verify().unwrap();
+    assert_eq!(report.ok, 2);
+    assert_eq!(report.corrupt.len(), 1);
+    assert_eq!(report.corrupt[0].0, 2);
+    let read = log.read(1, 3, 10, usize::MAX).unwrap();
+    assert_eq!(
+        read.iter().map(|r| (r.seq, r.frame.is_some())).collect::<Vec<_>>(),
+        vec![(1, true), (2, false), (3, true)]
+    );
+    assert_eq!(log.stats().quarantined, 1);
+    let q = log.quarantined().unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].0, 2);
+}
+
+/// Counts fsyncs and makes each one slow, as on a real disk.
+struct CountingLog {
+    inner: SledLog,
+    syncs: std::sync::atomic::AtomicUsize,
+}
+
+impl LogStore for CountingLog {
+    fn append(&self, frames: &[Vec<u8>]) -> Result<u64, WalError> {
+        self.inner.append(frames)
+    }
+    fn sync(&self) -> Result<(), WalError> {
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        self.inner.sync()
+    }
+    fn read(&self, from: u64, upto: u64, max_records: usize, max_bytes: usize) -> Result<Vec<ReadRecord>, WalError> {
+        self.inner.read(from, upto, max_records, max_bytes)
+    }
+    fn ack_through(&self, seq: u64) -> Result<(), WalError> {
+        self.inner.ack_through(seq)
+    }
+    fn stats(&self) -> WalStats {
+        self.inner.stats()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_fsyncs_and_all_become_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let counting = Arc::new(CountingLog { inner: open(dir.path(), 1 << 20), syncs: Default::default() });
+    let log: Arc<dyn LogStore> = counting.clone();
+    let writer = WalWriter::start(log.clone(), 64);
+    let tasks: Vec<_> = (0..200u64)
+        .map(|n| {
+            let w = writer.clone();
+            tokio::spawn(async move { w.append(frame(n)).await.unwrap() })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "every append gets a distinct consecutive sequence number");
+    assert_eq!(*writer.durable().borrow(), 200);
+    assert_eq!(log.read(1, 200, 1000, usize::MAX).unwrap().len(), 200);
+    let syncs = counting.syncs.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(syncs < 200, "200 concurrent appends took {syncs} fsyncs; group commit should share them");
+}
