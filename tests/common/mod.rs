@@ -1,0 +1,229 @@
+//! Shared helpers for the integration tests: a real Kafka (started by `scripts/test.sh` or
+//! `scripts/kafka.sh start`), throwaway topics, the collector as a real process, and an
+//! independent reader of topics.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+pub const SEED_SAMPLE: &str = r#"{"events":[{"event_type":"product_view","event_time":1750867000000,"user_id":"user_test","product_id":"prod_demo"}],"ctx":{"browser":"Firefox","device":"Desktop","version":"126.0"}}"#;
+
+/// The broker the tests use: `COLLECTOR_TEST_BROKERS`, default the local script's broker.
+pub fn brokers() -> String {
+    let brokers = std::env::var("COLLECTOR_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let first = brokers.split(',').next().unwrap().to_string();
+    let addr: SocketAddr = first.parse().expect("COLLECTOR_TEST_BROKERS must be host:port with an IP");
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok(),
+        "no Kafka on {brokers}: run the tests with scripts/test.sh, or start one with scripts/kafka.sh start"
+    );
+    brokers
+}
+
+/// A unique name per test run, so tests never see each other's data.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The three topics of one test; deleted when dropped.
+pub struct Topics {
+    pub brokers: String,
+    pub raw: String,
+    pub transformed: String,
+    pub dead_letter: String,
+}
+
+impl Topics {
+    pub fn new(brokers: &str) -> Self {
+        let id = unique("t");
+        Topics {
+            brokers: brokers.to_string(),
+            raw: format!("{id}-raw"),
+            transformed: format!("{id}-rows"),
+            dead_letter: format!("{id}-dlq"),
+        }
+    }
+
+    /// Command-line flags pointing a collector in `mode` at these topics.
+    pub fn args(&self, mode: &str) -> Vec<String> {
+        let mut args = vec![
+            "--brokers".into(),
+            self.brokers.clone(),
+            "--raw-topic".into(),
+            self.raw.clone(),
+            "--transformed-topic".into(),
+            self.transformed.clone(),
+            "--dead-letter-topic".into(),
+            self.dead_letter.clone(),
+        ];
+        if mode != "serve" {
+            // A group per test: tests sharing a group would rebalance each other.
+            args.extend(["--group-id".into(), format!("{}-group", self.raw)]);
+        }
+        args
+    }
+}
+
+impl Drop for Topics {
+    fn drop(&mut self) {
+        let brokers = self.brokers.clone();
+        let names = [self.raw.clone(), self.transformed.clone(), self.dead_letter.clone()];
+        // Drop may run inside a Tokio runtime; use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let admin: AdminClient<DefaultClientContext> =
+                ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let _ = rt.block_on(admin.delete_topics(&names, &AdminOptions::new()));
+        })
+        .join();
+    }
+}
+
+/// One message as read back.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<String>,
+    pub value: String,
+    pub headers: HashMap<String, String>,
+    pub partition: i32,
+}
+
+/// Reads `topic` from the beginning with an independent consumer (`read_committed`, no
+/// group) until `expected` messages arrived or `timeout` passed, then keeps reading for
+/// `settle` more to catch extra (duplicate) messages.
+pub fn read_topic(brokers: &str, topic: &str, expected: usize, timeout: Duration, settle: Duration) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    // The topic may not exist yet; wait for its metadata.
+    let partitions = loop {
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            let n = md.topics().first().map_or(0, |t| t.partitions().len());
+            if n > 0 && md.topics()[0].error().is_none() {
+                break n as i32;
+            }
+        }
+        assert!(Instant::now() < deadline, "topic {topic} never appeared");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut settle_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if out.len() >= expected && settle_until.is_none() {
+            settle_until = Some(now + settle);
+        }
+        if settle_until.is_some_and(|s| now >= s) || (settle_until.is_none() && now >= deadline) {
+            break;
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Record {
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                headers,
+                partition: m.partition(),
+            });
+        }
+    }
+    out
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The real `collector` binary, running.
+pub struct Collector {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Collector {
+    /// Starts `collector <mode> --listen 127.0.0.1:<port> --wal-dir <wal> <extra…>` and waits
+    /// until `/healthz` answers.
+    pub fn start(mode: &str, wal: &Path, port: u16, extra: &[String]) -> Collector {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_collector"))
+            .arg(mode)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--wal-dir")
+            .arg(wal)
+            .args(extra)
+            .env("COLLECTOR_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the collector binary");
+        let collector = Collector { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "the collector did not start listening on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        collector
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `kill -9`.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A one-event request whose event is identifiable by `id` (carried as `event_type`).
+pub fn event_body(id: &str, user: &str) -> String {
+    format!(
+        r#"{{"events":[{{"event_type":"{id}","event_time":1750867000000,"user_id":"{user}"}}],"ctx":{{"browser":"Firefox","device":"Desktop","version":"126.0"}}}}"#
+    )
+}

@@ -1,0 +1,256 @@
+//! End-to-end tests against a real Kafka: the `collector` binary as a process, topics read
+//! back by an independent consumer.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+async fn post(client: &reqwest::Client, c: &Collector, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    client.post(c.url("/collect")).header("content-type", "application/json").body(body).send().await.unwrap()
+}
+
+async fn read(brokers: &str, topic: &str, expected: usize, settle_ms: u64) -> Vec<Record> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        read_topic(&brokers, &topic, expected, Duration::from_secs(90), Duration::from_millis(settle_ms))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_sample_arrives_as_the_documented_row() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let c = Collector::start("run", wal.path(), free_port(), &topics.args("run"));
+
+    let resp = post(&client(), &c, SEED_SAMPLE).await;
+    assert_eq!(resp.status(), 200);
+    let receipt: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(receipt, serde_json::json!({"status": "ok", "seq": 1, "events": 1}));
+
+    let rows = read(&brokers, &topics.transformed, 1, 2000).await;
+    assert_eq!(rows.len(), 1, "exactly one row: {rows:?}");
+    assert_eq!(rows[0].key.as_deref(), Some("user_test"));
+    assert_eq!(
+        rows[0].value,
+        r#"{"event_type":"product_view","event_time":1750867000000,"user_id":"user_test","browser":"Firefox","device":"Desktop"}"#
+    );
+
+    let raw = read(&brokers, &topics.raw, 1, 500).await;
+    assert_eq!(raw.len(), 1);
+    assert_eq!(raw[0].value, SEED_SAMPLE, "the raw topic carries the body as received");
+    assert_eq!(raw[0].headers.get("collector-seq").map(String::as_str), Some("1"));
+    let received: u64 = raw[0].headers["collector-received-at"].parse().unwrap();
+    assert!(received > 1_700_000_000_000);
+    assert!(raw[0].headers["collector-client"].starts_with("127.0.0.1:"));
+    assert!(!raw[0].headers["collector-node"].is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integer_user_ids_gzip_bodies_and_text_plain_beacons_arrive() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let c = Collector::start("run", wal.path(), free_port(), &topics.args("run"));
+    let client = client();
+
+    let int_user = SEED_SAMPLE.replace(r#""user_test""#, "4242").replace("1750867000000", r#""1750867000123""#);
+    assert_eq!(post(&client, &c, int_user).await.status(), 200);
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(event_body("beacon", "u-gz").as_bytes()).unwrap();
+    let resp = client
+        .post(c.url("/collect"))
+        .header("content-type", "text/plain;charset=UTF-8")
+        .header("content-encoding", "gzip")
+        .body(gz.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let mut rows = read(&brokers, &topics.transformed, 2, 1000).await;
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].key.as_deref(), Some("4242"));
+    assert_eq!(
+        rows[0].value,
+        r#"{"event_type":"product_view","event_time":1750867000123,"user_id":4242,"browser":"Firefox","device":"Desktop"}"#
+    );
+    assert_eq!(rows[1].key.as_deref(), Some("u-gz"));
+    assert!(rows[1].value.contains(r#""event_type":"beacon""#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_requests_never_reach_kafka() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let c = Collector::start("serve", wal.path(), free_port(), &topics.args("serve"));
+    let client = client();
+    for bad in ["{", "[]", r#"{"events":[],"ctx":{}}"#, &SEED_SAMPLE.replace("1750867000000", "1.5")] {
+        let status = post(&client, &c, bad.to_string()).await.status();
+        assert!(status == 400 || status == 422, "{bad} got {status}");
+    }
+    assert_eq!(post(&client, &c, SEED_SAMPLE).await.status(), 200);
+    let raw = read(&brokers, &topics.raw, 1, 3000).await;
+    assert_eq!(raw.len(), 1, "only the valid request reaches the raw topic");
+    assert_eq!(raw[0].value, SEED_SAMPLE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_raw_message_goes_to_the_dead_letter_topic_and_the_worker_goes_on() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let c = Collector::start("run", wal.path(), free_port(), &topics.args("run"));
+    let client = client();
+    assert_eq!(post(&client, &c, event_body("first", "u1")).await.status(), 200);
+    assert_eq!(read(&brokers, &topics.transformed, 1, 0).await.len(), 1);
+
+    // Some other producer writes garbage into the raw topic.
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    producer.send(BaseRecord::<str, str>::to(&topics.raw).key("k").payload("this is not a collector request")).unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    assert_eq!(post(&client, &c, event_body("second", "u2")).await.status(), 200);
+    let rows = read(&brokers, &topics.transformed, 2, 1000).await;
+    let kinds: HashSet<_> = rows.iter().map(|r| r.value.clone()).filter(|v| v.contains("second")).collect();
+    assert_eq!(rows.len(), 2, "the worker kept going after the bad message: {rows:?}");
+    assert_eq!(kinds.len(), 1);
+
+    let dead = read(&brokers, &topics.dead_letter, 1, 1000).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].value, "this is not a collector request");
+    assert_eq!(dead[0].key.as_deref(), Some("k"));
+    assert!(dead[0].headers["collector-error"].contains("invalid_json"), "{:?}", dead[0].headers);
+    assert!(dead[0].headers["collector-source"].starts_with(&topics.raw));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_wal_into_kafka_and_exits_cleanly() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let c = Collector::start("serve", wal.path(), free_port(), &topics.args("serve"));
+    let client = client();
+    for i in 0..200 {
+        assert_eq!(post(&client, &c, event_body(&format!("e{i}"), "u")).await.status(), 200);
+    }
+    let status = c.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    let raw = read(&brokers, &topics.raw, 200, 2000).await;
+    let seqs: HashSet<u64> = raw.iter().map(|r| r.headers["collector-seq"].parse().unwrap()).collect();
+    assert_eq!(raw.len(), 200, "each request exactly once after a clean shutdown");
+    assert_eq!(seqs, (1..=200).collect());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_kafka_unreachable_ingest_keeps_accepting_and_delivers_after_restart() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // Nothing listens on this port: Kafka is "down" for this collector.
+    let dead_broker = format!("127.0.0.1:{}", free_port());
+    let mut down_args = topics.args("serve");
+    down_args[1] = dead_broker;
+    down_args.extend(["--drain-timeout-ms".into(), "500".into()]);
+    let c = Collector::start("serve", wal.path(), port, &down_args);
+    let client = client();
+    for i in 0..50 {
+        assert_eq!(post(&client, &c, event_body(&format!("e{i}"), "u")).await.status(), 200);
+    }
+    let status: serde_json::Value =
+        client.get(c.url("/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["wal"]["pending_records"], 50);
+    assert_eq!(status["flush"]["kafka_ok"], false);
+    assert!(c.terminate().success(), "a drain that cannot reach Kafka still exits cleanly");
+
+    let c = Collector::start("serve", wal.path(), port, &topics.args("serve"));
+    let raw = read(&brokers, &topics.raw, 50, 2000).await;
+    assert_eq!(raw.len(), 50, "every request accepted while Kafka was away is delivered once it is back");
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_event_arrives_after_kill_9_and_restart() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let collector = Arc::new(Mutex::new(Some(Collector::start("run", wal.path(), port, &topics.args("run")))));
+    let url = format!("http://127.0.0.1:{port}/collect");
+
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (acked, url) = (acked.clone(), url.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+                let mut attempted = 0;
+                for i in 0..250 {
+                    let id = format!("w{w}-{i}");
+                    attempted += 1;
+                    let sent = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(event_body(&id, &format!("user-{w}")))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 200 => {
+                            acked.lock().unwrap().insert(id);
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                attempted
+            })
+        })
+        .collect();
+
+    // Kill the collector mid-stream, then bring it back on the same WAL.
+    while acked.lock().unwrap().len() < 600 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    collector.lock().unwrap().take().unwrap().kill9();
+    let acked_before_kill = acked.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    *collector.lock().unwrap() = Some(Collector::start("run", wal.path(), port, &topics.args("run")));
+    let mut attempted = 0;
+    for w in workers {
+        attempted += w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > acked_before_kill, "requests were accepted after the restart too");
+
+    let rows = read(&brokers, &topics.transformed, acked.len(), 3000).await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for row in &rows {
+        let v: serde_json::Value = serde_json::from_str(&row.value).unwrap();
+        *seen.entry(v["event_type"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    let lost: Vec<_> = acked.iter().filter(|id| !seen.contains_key(*id)).collect();
+    let duplicated = seen.values().filter(|&&n| n > 1).count();
+    eprintln!(
+        "kill -9 test: attempted {attempted}, acknowledged {}, rows {}, lost {}, duplicated {duplicated}",
+        acked.len(),
+        rows.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "acknowledged events missing from the transformed topic: {lost:?}");
+}
