@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test: unit, property, HTTP, and the integration tests against a real Kafka.
+# Starts the local single-node Kafka if none answers on KAFKA_PORT (default 9092) and stops it
+# afterwards if this script started it.
+#
+#   scripts/test.sh [extra cargo test arguments]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PORT="${KAFKA_PORT:-9092}"
+
+started_kafka=0
+if ! scripts/kafka.sh status 2>/dev/null; then
+  scripts/kafka.sh start
+  started_kafka=1
+fi
+cleanup() {
+  if [[ $started_kafka == 1 ]]; then
+    scripts/kafka.sh stop
+  fi
+}
+trap cleanup EXIT
+
+export COLLECTOR_TEST_BROKERS="127.0.0.1:$PORT"
+# --all-targets: also runs each criterion bench once, in test mode, to prove it works.
+cargo test --all-targets "$@"

@@ -1,0 +1,181 @@
+//! The HTTP contract, with the real binary and no Kafka (the broker address points nowhere):
+//! ingest must answer on its own, every error is JSON, and a bad request harms nothing.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+fn start(extra: &[&str]) -> (Collector, tempfile::TempDir) {
+    let wal = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = vec!["--brokers".into(), format!("127.0.0.1:{}", free_port())];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["--drain-timeout-ms".into(), "200".into()]);
+    (Collector::start("serve", wal.path(), free_port(), &args), wal)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+async fn post(c: &Collector, headers: &[(&str, &str)], body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
+    let mut req = client().post(c.url("/collect"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.body(body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    assert_eq!(resp.headers()["content-type"], "application/json", "every answer of /collect is JSON");
+    (status, resp.json().await.unwrap())
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+/// Request headers, body, expected status, error code and (for schema errors) field path.
+type Case = (Vec<(&'static str, &'static str)>, Vec<u8>, u16, &'static str, Option<&'static str>);
+
+#[tokio::test]
+async fn errors_are_json_with_a_stable_code_the_status_and_the_field() {
+    let (c, _wal) = start(&["--max-events", "2"]);
+    let cases: Vec<Case> = vec![
+        (vec![JSON], b"{not json".to_vec(), 400, "invalid_json", None),
+        (vec![JSON], b"{\"events\":[\"\xff\"]}".to_vec(), 400, "invalid_utf8", None),
+        (vec![JSON], br#"{"ctx":{}}"#.to_vec(), 422, "missing_field", Some("/events")),
+        (
+            vec![JSON],
+            SEED_SAMPLE.replace("1750867000000", "\"soon\"").into_bytes(),
+            422,
+            "invalid_field",
+            Some("/events/0/event_time"),
+        ),
+        (
+            vec![JSON],
+            format!(
+                r#"{{"events":[{e},{e},{e}],"ctx":{{"browser":"b","device":"d","version":"v"}}}}"#,
+                e = r#"{"event_type":"a","event_time":1,"user_id":"u"}"#
+            )
+            .into_bytes(),
+            422,
+            "too_many_events",
+            Some("/events"),
+        ),
+        (vec![("content-type", "application/xml")], b"<a/>".to_vec(), 415, "unsupported_media_type", None),
+        (vec![JSON, ("content-encoding", "br")], b"{}".to_vec(), 415, "unsupported_encoding", None),
+        (vec![JSON, ("content-encoding", "gzip")], b"not gzip".to_vec(), 400, "invalid_gzip", None),
+    ];
+    for (headers, body, status, code, path) in cases {
+        let (got, json) = post(&c, &headers, body).await;
+        assert_eq!(got, status, "{json}");
+        assert_eq!(json["error"]["code"], code, "{json}");
+        assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{json}");
+        if let Some(path) = path {
+            assert_eq!(json["error"]["path"], path, "{json}");
+        }
+    }
+    // And the next good request is unaffected.
+    let (status, json) = post(&c, &[JSON], SEED_SAMPLE).await;
+    assert_eq!((status, json["status"].as_str()), (200, Some("ok")));
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_gzip_bombs_get_413() {
+    let (c, _wal) = start(&["--max-body-bytes", "10000", "--max-decompressed-bytes", "100000"]);
+    let (status, json) = post(&c, &[JSON], vec![b' '; 20_000]).await;
+    assert_eq!((status, json["error"]["code"].as_str()), (413, Some("body_too_large")));
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b' '; 5_000_000]).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 10_000, "the bomb passes the wire limit");
+    let (status, json) = post(&c, &[JSON, ("content-encoding", "gzip")], bomb).await;
+    assert_eq!((status, json["error"]["code"].as_str()), (413, Some("decompressed_too_large")));
+
+    let (status, _) = post(&c, &[JSON], SEED_SAMPLE).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn wrong_methods_and_paths_get_json_405_and_404() {
+    let (c, _wal) = start(&[]);
+    let resp = client().get(c.url("/collect")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    let json: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(json["error"]["code"], "method_not_allowed");
+    let resp = client().get(c.url("/nope")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let json: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(json["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn status_pages_answer() {
+    let (c, _wal) = start(&[]);
+    let client = client();
+    assert_eq!(post(&c, &[JSON], SEED_SAMPLE).await.0, 200);
+
+    let health: serde_json::Value = client.get(c.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "alive");
+    let ready = client.get(c.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let html = client.get(c.url("/")).send().await.unwrap();
+    assert!(html.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(html.text().await.unwrap().contains("WAL pending records"));
+
+    let json: serde_json::Value =
+        client.get(c.url("/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap();
+    assert_eq!(json["wal"]["next_seq"], 2);
+    assert_eq!(json["wal"]["pending_records"], 1, "Kafka is unreachable, so the record waits in the WAL");
+
+    let metrics = client.get(c.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("collector_requests_accepted_total 1"), "{metrics}");
+    assert!(metrics.contains("collector_wal_pending_records 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_stalled_body_times_out_with_408_and_the_server_stays_healthy() {
+    let (c, _wal) = start(&["--body-timeout-ms", "500"]);
+    let addr = c.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Promise 1000 bytes, send 10, then stall.
+        write!(s, "POST /collect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"events\"").unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert_eq!(post(&c, &[JSON], SEED_SAMPLE).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_headers_is_closed() {
+    let (c, _wal) = start(&["--header-timeout-ms", "500"]);
+    let addr = c.addr;
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"POST /collect HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let mut buf = [0u8; 1024];
+        // The server closes the connection (possibly after a 408); a read timeout would mean
+        // it held the connection open.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(closed, "the slow connection was held open");
+}
