@@ -34,7 +34,7 @@ async fn the_seed_sample_arrives_as_the_documented_row() {
     let brokers = brokers();
     let topics = Topics::new(&brokers);
     let wal = tempfile::tempdir().unwrap();
-    let c = Collector::start("run", wal.path(), free_port(), &topics.args("run"));
+    let c = Collector::start("run", wal.path(), 0, &topics.args("run"));
 
     let resp = post(&client(), &c, SEED_SAMPLE).await;
     assert_eq!(resp.status(), 200);
@@ -64,7 +64,7 @@ async fn integer_user_ids_gzip_bodies_and_text_plain_beacons_arrive() {
     let brokers = brokers();
     let topics = Topics::new(&brokers);
     let wal = tempfile::tempdir().unwrap();
-    let c = Collector::start("run", wal.path(), free_port(), &topics.args("run"));
+    let c = Collector::start("run", wal.path(), 0, &topics.args("run"));
     let client = client();
 
     let int_user = SEED_SAMPLE.replace(r#""user_test""#, "4242").replace("1750867000000", r#""1750867000123""#);
@@ -99,7 +99,7 @@ async fn rejected_requests_never_reach_kafka() {
     let brokers = brokers();
     let topics = Topics::new(&brokers);
     let wal = tempfile::tempdir().unwrap();
-    let c = Collector::start("serve", wal.path(), free_port(), &topics.args("serve"));
+    let c = Collector::start("serve", wal.path(), 0, &topics.args("serve"));
     let client = client();
     for bad in ["{", "[]", r#"{"events":[],"ctx":{}}"#, &SEED_SAMPLE.replace("1750867000000", "1.5")] {
         let status = post(&client, &c, bad.to_string()).await.status();
@@ -116,7 +116,7 @@ async fn an_unreadable_raw_message_goes_to_the_dead_letter_topic_and_the_worker_
     let brokers = brokers();
     let topics = Topics::new(&brokers);
     let wal = tempfile::tempdir().unwrap();
-    let c = Collector::start("run", wal.path(), free_port(), &topics.args("run"));
+    let c = Collector::start("run", wal.path(), 0, &topics.args("run"));
     let client = client();
     assert_eq!(post(&client, &c, event_body("first", "u1")).await.status(), 200);
     assert_eq!(read(&brokers, &topics.transformed, 1, 0).await.len(), 1);
@@ -145,7 +145,7 @@ async fn sigterm_drains_the_wal_into_kafka_and_exits_cleanly() {
     let brokers = brokers();
     let topics = Topics::new(&brokers);
     let wal = tempfile::tempdir().unwrap();
-    let c = Collector::start("serve", wal.path(), free_port(), &topics.args("serve"));
+    let c = Collector::start("serve", wal.path(), 0, &topics.args("serve"));
     let client = client();
     for i in 0..200 {
         assert_eq!(post(&client, &c, event_body(&format!("e{i}"), "u")).await.status(), 200);
@@ -163,13 +163,12 @@ async fn with_kafka_unreachable_ingest_keeps_accepting_and_delivers_after_restar
     let brokers = brokers();
     let topics = Topics::new(&brokers);
     let wal = tempfile::tempdir().unwrap();
-    let port = free_port();
     // Nothing listens on this port: Kafka is "down" for this collector.
     let dead_broker = format!("127.0.0.1:{}", free_port());
     let mut down_args = topics.args("serve");
     down_args[1] = dead_broker;
     down_args.extend(["--drain-timeout-ms".into(), "500".into()]);
-    let c = Collector::start("serve", wal.path(), port, &down_args);
+    let c = Collector::start("serve", wal.path(), 0, &down_args);
     let client = client();
     for i in 0..50 {
         assert_eq!(post(&client, &c, event_body(&format!("e{i}"), "u")).await.status(), 200);
@@ -180,7 +179,7 @@ async fn with_kafka_unreachable_ingest_keeps_accepting_and_delivers_after_restar
     assert_eq!(status["flush"]["kafka_ok"], false);
     assert!(c.terminate().success(), "a drain that cannot reach Kafka still exits cleanly");
 
-    let c = Collector::start("serve", wal.path(), port, &topics.args("serve"));
+    let c = Collector::start("serve", wal.path(), 0, &topics.args("serve"));
     let raw = read(&brokers, &topics.raw, 50, 2000).await;
     assert_eq!(raw.len(), 50, "every request accepted while Kafka was away is delivered once it is back");
     drop(c);
@@ -191,8 +190,9 @@ async fn every_acknowledged_event_arrives_after_kill_9_and_restart() {
     let brokers = brokers();
     let topics = Topics::new(&brokers);
     let wal = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let collector = Arc::new(Mutex::new(Some(Collector::start("run", wal.path(), port, &topics.args("run")))));
+    let first = Collector::start("run", wal.path(), 0, &topics.args("run"));
+    let port = first.port();
+    let collector = Arc::new(Mutex::new(Some(first)));
     let url = format!("http://127.0.0.1:{port}/collect");
 
     let acked = Arc::new(Mutex::new(HashSet::new()));

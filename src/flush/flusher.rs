@@ -9,7 +9,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::kafka::{self, headers, Batch, KafkaSettings, KafkaStageError, TrackingContext, TrackingProducer};
+use crate::kafka::{self, headers, Batch, KafkaSettings, KafkaStageError, TrackingProducer};
 use crate::wal::record;
 use crate::wal::{LogStore, ReadRecord};
 
@@ -95,18 +95,7 @@ impl Flusher {
     }
 
     fn producer(&self) -> Result<TrackingProducer, KafkaStageError> {
-        let linger = self.options.linger_ms.to_string();
-        let timeout = self.options.message_timeout_ms.to_string();
-        self.kafka
-            .client_config(&[
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("compression.type", "lz4"),
-                ("linger.ms", &linger),
-                ("message.timeout.ms", &timeout),
-            ])
-            .create_with_context(TrackingContext::default())
-            .map_err(|e| KafkaStageError::Config(e.to_string()))
+        self.kafka.tracking_producer(self.options.linger_ms, self.options.message_timeout_ms)
     }
 
     fn run(self, runtime: Handle, mut drain: DrainSignal) -> Result<(), KafkaStageError> {

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::row::{Row, Transformer};
-use crate::kafka::{self, headers, Batch, KafkaSettings, KafkaStageError, TrackingContext, TrackingProducer};
+use crate::kafka::{self, headers, Batch, KafkaSettings, KafkaStageError, TrackingProducer};
 
 /// Settings of the transform worker.
 #[derive(Debug, Clone)]
@@ -85,18 +85,7 @@ fn run(
         ])
         .create()
         .map_err(|e| KafkaStageError::Config(e.to_string()))?;
-    let linger = options.linger_ms.to_string();
-    let timeout = options.message_timeout_ms.to_string();
-    let producer: TrackingProducer = kafka
-        .client_config(&[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("compression.type", "lz4"),
-            ("linger.ms", &linger),
-            ("message.timeout.ms", &timeout),
-        ])
-        .create_with_context(TrackingContext::default())
-        .map_err(|e| KafkaStageError::Config(e.to_string()))?;
+    let producer = kafka.tracking_producer(options.linger_ms, options.message_timeout_ms)?;
     consumer.subscribe(&[&kafka.raw_topic])?;
     info!(group = %options.group_id, topic = %kafka.raw_topic, "Transform worker started.");
 

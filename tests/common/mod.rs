@@ -159,7 +159,7 @@ pub fn read_topic(brokers: &str, topic: &str, expected: usize, timeout: Duration
     out
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, for an address nothing should answer on.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -172,27 +172,47 @@ pub struct Collector {
 
 impl Collector {
     /// Starts `collector <mode> --listen 127.0.0.1:<port> --wal-dir <wal> <extra…>` and waits
-    /// until `/healthz` answers.
+    /// until it reports the address it is listening on. Port 0 lets the OS choose, which avoids
+    /// races between tests; a fixed port is for restarting a collector where clients expect it.
     pub fn start(mode: &str, wal: &Path, port: u16, extra: &[String]) -> Collector {
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_collector"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_collector"))
             .arg(mode)
             .arg("--listen")
-            .arg(addr.to_string())
+            .arg(format!("127.0.0.1:{port}"))
             .arg("--wal-dir")
             .arg(wal)
             .args(extra)
-            .env("COLLECTOR_LOG", "warn")
+            // Warnings for the test log, plus the start-up line that carries the bound address.
+            .env("COLLECTOR_LOG", "warn,collector::app=info")
             .stdin(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("starting the collector binary");
-        let collector = Collector { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "the collector did not start listening on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        collector
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()) {
+                    let _ = tx.send(addr.to_string());
+                }
+                eprintln!("[collector] {line}");
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr.parse().expect("the collector logs a socket address"),
+            Err(_) => {
+                let status = child.try_wait().unwrap();
+                let _ = child.kill();
+                panic!("the collector did not start listening (exit status {status:?}); its log is above");
+            }
+        };
+        Collector { child, addr }
+    }
+
+    /// The port this collector listens on (to restart another one in its place).
+    pub fn port(&self) -> u16 {
+        self.addr.port()
     }
 
     pub fn url(&self, path: &str) -> String {
