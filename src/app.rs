@@ -27,7 +27,8 @@ use crate::wal::{LogOptions, LogStore, SledLog, WalError, WalWriter};
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub listen: SocketAddr,
-    pub node_id: String,
+    /// `None`: use the id stored in the WAL (generated when the WAL was created).
+    pub node_id: Option<String>,
     pub server: ServerOptions,
     pub wal: WalConfig,
     pub flush: FlushOptions,
@@ -71,11 +72,20 @@ impl Pipeline {
     /// # Errors
     /// [`AppError`] if the WAL cannot be opened or the address cannot be bound. An unreachable
     /// Kafka is not an error: ingest works and the flusher retries.
-    pub async fn start(config: PipelineConfig) -> Result<Pipeline, AppError> {
-        let log: Arc<dyn LogStore> = Arc::new(SledLog::open(
+    pub async fn start(mut config: PipelineConfig) -> Result<Pipeline, AppError> {
+        let sled_log = SledLog::open(
             &config.wal.dir,
             LogOptions { segment_bytes: config.wal.segment_bytes, cache_bytes: config.wal.cache_bytes },
-        )?);
+        )?;
+        let node_id = match config.node_id.clone() {
+            Some(id) => id,
+            None => sled_log.node_id(&crate::config::host_name())?,
+        };
+        config.flush.node_id = node_id.clone();
+        if let Some(t) = config.transform.as_mut() {
+            t.node_id = node_id.clone();
+        }
+        let log: Arc<dyn LogStore> = Arc::new(sled_log);
         let listener =
             TcpListener::bind(config.listen).await.map_err(|source| AppError::Bind { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: config.listen, source })?;
@@ -104,14 +114,14 @@ impl Pipeline {
             log,
             options: config.server.clone(),
             draining: AtomicBool::new(false),
-            node_id: config.node_id.clone(),
+            node_id: node_id.clone(),
             started: Instant::now(),
             metrics: crate::telemetry::install(),
             flush: flush_status,
         });
         let (shutdown, mut shutdown_rx) = watch::channel(false);
         let app = ingest::router(state.clone());
-        info!(%addr, node_id = %config.node_id, transform = worker.is_some(), "Collector listening.");
+        info!(%addr, %node_id, guarantee = ?config.kafka.guarantee, transform = worker.is_some(), "Collector listening.");
 
         let task = tokio::spawn(async move {
             let signal_state = state.clone();

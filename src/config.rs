@@ -13,7 +13,8 @@ use crate::app::{PipelineConfig, WalConfig};
 use crate::flush::FlushOptions;
 use crate::ingest::validate::Limits;
 use crate::ingest::{BodyLimits, ServerOptions};
-use crate::kafka::{KafkaSettings, KafkaStageError};
+use crate::kafka::txn::TxnTimeouts;
+use crate::kafka::{Guarantee, KafkaSettings, KafkaStageError};
 use crate::transform::TransformOptions;
 
 const MIB: u64 = 1024 * 1024;
@@ -62,6 +63,11 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct TransformCmd {
+    /// Name of this worker; its transactional.id is `collector-transform-<node id>`. Must be
+    /// unique among running workers (two with one id fence each other); keep it across
+    /// restarts so a restarted worker aborts what its crashed predecessor left open.
+    #[arg(long, env = "COLLECTOR_NODE_ID")]
+    pub node_id: Option<String>,
     #[command(flatten)]
     pub transform: TransformArgs,
     #[command(flatten)]
@@ -91,7 +97,9 @@ pub struct IngestArgs {
     /// On shutdown, how long in-flight requests may take before connections are closed.
     #[arg(long, env = "COLLECTOR_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
     pub shutdown_grace_ms: u64,
-    /// Name of this collector instance, put in every raw message's headers.
+    /// Name of this collector instance: raw message headers, and the transactional ids
+    /// `collector-flush-<id>` / `collector-transform-<id>`. Defaults to an id generated once and
+    /// stored in the WAL, so each WAL keeps its identity across restarts.
     #[arg(long, env = "COLLECTOR_NODE_ID")]
     pub node_id: Option<String>,
 }
@@ -168,6 +176,18 @@ pub struct KafkaArgs {
     /// Topic for raw messages the transform cannot read.
     #[arg(long, env = "COLLECTOR_DEAD_LETTER_TOPIC", default_value = "collect-dlq")]
     pub dead_letter_topic: String,
+    /// Exactly-once mode: topic whose partition 0 holds each collector's committed WAL position
+    /// (as consumer-group offsets; no messages are written to it).
+    #[arg(long, env = "COLLECTOR_POSITIONS_TOPIC", default_value = "collect-wal-positions")]
+    pub positions_topic: String,
+    /// `exactly-once` (Kafka transactions, the default) or `at-least-once` (idempotent
+    /// producers, no transactions: cheaper, but a crash can repeat a batch).
+    #[arg(long, env = "COLLECTOR_DELIVERY_GUARANTEE", value_enum, default_value = "exactly-once")]
+    pub delivery_guarantee: Guarantee,
+    /// Exactly-once mode: librdkafka transaction.timeout.ms. Bounds how long a crashed
+    /// producer's open transaction can hold back read_committed readers.
+    #[arg(long, env = "COLLECTOR_TRANSACTION_TIMEOUT_MS", default_value_t = 60_000)]
+    pub transaction_timeout_ms: u64,
     /// Partitions of topics the collector creates.
     #[arg(long, env = "COLLECTOR_TOPIC_PARTITIONS", default_value_t = 4)]
     pub topic_partitions: i32,
@@ -223,16 +243,25 @@ impl KafkaArgs {
             raw_topic: self.raw_topic.clone(),
             transformed_topic: self.transformed_topic.clone(),
             dead_letter_topic: self.dead_letter_topic.clone(),
+            positions_topic: self.positions_topic.clone(),
+            guarantee: self.delivery_guarantee,
             topic_partitions: self.topic_partitions,
             topic_replication: self.topic_replication,
         };
         settings.validate()?;
         Ok(settings)
     }
+
+    pub fn txn(&self) -> Result<TxnTimeouts, ConfigError> {
+        let ms = positive("--transaction-timeout-ms", self.transaction_timeout_ms)?;
+        Ok(TxnTimeouts { transaction_ms: ms, operation: Duration::from_millis(ms) })
+    }
 }
 
 impl TransformArgs {
-    pub fn options(&self) -> Result<TransformOptions, ConfigError> {
+    /// The worker's options; `node_id` names its transactional producer
+    /// (`collector-transform-<node id>`).
+    pub fn options(&self, node_id: &str, kafka: &KafkaArgs) -> Result<TransformOptions, ConfigError> {
         if self.group_id.is_empty() {
             return Err(ConfigError::Invalid("--group-id must not be empty".into()));
         }
@@ -242,6 +271,8 @@ impl TransformArgs {
             batch_wait: Duration::from_millis(positive("--transform-wait-ms", self.transform_wait_ms)?),
             linger_ms: self.transform_linger_ms,
             message_timeout_ms: positive("--transform-message-timeout-ms", self.transform_message_timeout_ms)?,
+            node_id: node_id.to_string(),
+            txn: kafka.txn()?,
         })
     }
 }
@@ -250,11 +281,7 @@ impl ServeArgs {
     /// Builds and validates the pipeline configuration; `transform` adds the worker (`run`).
     pub fn pipeline(&self, transform: Option<&TransformArgs>) -> Result<PipelineConfig, ConfigError> {
         let i = &self.ingest;
-        let node_id = match &i.node_id {
-            Some(id) if !id.trim().is_empty() => id.trim().to_string(),
-            Some(_) => return Err(ConfigError::Invalid("--node-id must not be empty".into())),
-            None => default_node_id(),
-        };
+        let node_id = node_id(i.node_id.as_deref())?;
         if i.max_decompressed_bytes < i.max_body_bytes {
             return Err(ConfigError::Invalid("--max-decompressed-bytes must be at least --max-body-bytes".into()));
         }
@@ -286,20 +313,41 @@ impl ServeArgs {
                     "--flush-max-backoff-ms",
                     self.flush.flush_max_backoff_ms,
                 )?),
-                node_id,
+                txn: self.kafka.txn()?,
+                // Set by `app::Pipeline::start` once the WAL is open (it may own the id).
+                node_id: String::new(),
             },
             drain_timeout: Duration::from_millis(self.flush.drain_timeout_ms),
             kafka: self.kafka.settings()?,
-            transform: transform.map(TransformArgs::options).transpose()?,
+            // The node id is set by `app::Pipeline::start` too.
+            transform: transform.map(|t| t.options("", &self.kafka)).transpose()?,
         })
     }
 }
 
-fn default_node_id() -> String {
+/// Validates an explicit `--node-id`: it becomes part of Kafka ids and group names.
+pub fn node_id(given: Option<&str>) -> Result<Option<String>, ConfigError> {
+    match given {
+        None => Ok(None),
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 100
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
+        {
+            Ok(Some(id.to_string()))
+        }
+        Some(id) => Err(ConfigError::Invalid(format!(
+            "--node-id {id:?} must be 1 to 100 characters of letters, digits, '.', '_' or '-'"
+        ))),
+    }
+}
+
+/// The host name, for a transform worker without `--node-id`.
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
+        .filter(|h| !h.is_empty() && node_id(Some(h)).is_ok())
         .unwrap_or_else(|| "collector".into())
 }
 

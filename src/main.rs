@@ -45,7 +45,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Command::Transform(args) => {
                 let kafka = args.kafka.settings().context("invalid configuration")?;
-                let options = args.transform.options().context("invalid configuration")?;
+                let node_id = collector::config::node_id(args.node_id.as_deref())
+                    .context("invalid configuration")?
+                    .unwrap_or_else(collector::config::host_name);
+                let options = args.transform.options(&node_id, &args.kafka).context("invalid configuration")?;
                 app::run_transform(kafka, options, shutdown_signal()).await?;
                 Ok(ExitCode::SUCCESS)
             }

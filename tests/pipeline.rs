@@ -254,3 +254,74 @@ async fn every_acknowledged_event_arrives_after_kill_9_and_restart() {
     );
     assert!(lost.is_empty(), "acknowledged events missing from the transformed topic: {lost:?}");
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafkas_committed_position_wins_over_a_stale_local_watermark() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let node = ["--node-id".to_string(), unique("node").replace('-', "_")];
+
+    // Ten requests accepted while Kafka is unreachable: pending in the WAL.
+    let mut down = topics.args("serve");
+    down[1] = format!("127.0.0.1:{}", free_port());
+    down.extend(["--drain-timeout-ms".into(), "200".into()]);
+    down.extend(node.clone());
+    let c = Collector::start("serve", wal.path(), 0, &down);
+    for i in 0..10 {
+        assert_eq!(post(&client(), &c, event_body(&format!("e{i}"), "u")).await.status(), 200);
+    }
+    assert!(c.terminate().success());
+
+    // A copy of that WAL: same records, same node, nothing marked delivered.
+    let stale = tempfile::tempdir().unwrap();
+    copy_dir(wal.path(), stale.path());
+
+    let mut up = topics.args("serve");
+    up.extend(node.clone());
+    let c = Collector::start("serve", wal.path(), 0, &up);
+    assert_eq!(read(&brokers, &topics.raw, 10, 0).await.len(), 10);
+    assert!(c.terminate().success());
+
+    // The stale copy believes nothing was delivered; Kafka's transactional position says all was.
+    let c = Collector::start("serve", stale.path(), 0, &up);
+    let status = loop {
+        let s: serde_json::Value =
+            client().get(c.url("/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap();
+        if s["wal"]["pending_records"] == 0 {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["wal"]["delivered_through"], 10);
+    assert!(c.terminate().success());
+    let raw = read(&brokers, &topics.raw, 10, 3000).await;
+    assert_eq!(raw.len(), 10, "the stale WAL must not send its records again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_mode_delivers_too() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let mut args = topics.args("run");
+    args.extend(["--delivery-guarantee".into(), "at-least-once".into()]);
+    let c = Collector::start("run", wal.path(), 0, &args);
+    assert_eq!(post(&client(), &c, SEED_SAMPLE).await.status(), 200);
+    let rows = read(&brokers, &topics.transformed, 1, 1000).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].key.as_deref(), Some("user_test"));
+}

@@ -1,32 +1,38 @@
+//! The flusher loop: read durable WAL records, hand them to a sink, acknowledge what Kafka has.
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::BaseRecord;
 use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::kafka::{self, headers, Batch, KafkaSettings, KafkaStageError, TrackingProducer};
-use crate::wal::record;
-use crate::wal::{LogStore, ReadRecord};
+use super::backoff::Backoff;
+use super::sink::{Delivery, Sink};
+use crate::kafka::txn::TxnTimeouts;
+use crate::kafka::{self, Guarantee, KafkaSettings, KafkaStageError};
+use crate::wal::LogStore;
 
 /// Settings of the flusher.
 #[derive(Debug, Clone)]
 pub struct FlushOptions {
-    /// Most records per Kafka batch.
+    /// Most records per Kafka batch (and per transaction).
     pub batch_records: usize,
     /// About this many payload bytes per batch at most.
     pub batch_bytes: usize,
     /// librdkafka `linger.ms`: how long the producer waits to fill a request.
     pub linger_ms: u64,
-    /// librdkafka `message.timeout.ms`: after this a message counts as failed and is resent.
+    /// At-least-once mode: librdkafka `message.timeout.ms`; after it a message counts as failed
+    /// and is resent.
     pub message_timeout_ms: u64,
+    /// Exactly-once mode: transaction timing.
+    pub txn: TxnTimeouts,
     /// Upper bound of the retry backoff while Kafka is unreachable.
     pub max_backoff: Duration,
-    /// Identifies this collector in message headers.
+    /// Identifies this collector: message headers, `transactional.id`, position group.
     pub node_id: String,
 }
 
@@ -62,7 +68,7 @@ impl FlushStatus {
         *self.last_error.lock().expect("status lock poisoned") = None;
     }
 
-    fn failed(&self, error: String) {
+    pub(super) fn failed(&self, error: String) {
         self.kafka_ok.store(false, Ordering::Relaxed);
         *self.last_error.lock().expect("status lock poisoned") = Some(error);
     }
@@ -81,6 +87,27 @@ pub struct Flusher {
 /// Tells a running flusher to finish: deliver what is durable, until the deadline.
 pub type DrainSignal = watch::Receiver<Option<Instant>>;
 
+/// What a sink needs from the loop: where to run async calls and when to give up.
+pub(super) struct Ctx<'a> {
+    pub runtime: &'a Handle,
+    pub drain: &'a DrainSignal,
+    pub backoff: &'a mut Backoff,
+    pub status: &'a FlushStatus,
+    pub kafka: &'a KafkaSettings,
+    pub options: &'a FlushOptions,
+}
+
+impl Ctx<'_> {
+    /// Sleeps for the backoff; true if the drain deadline has passed (give up).
+    pub fn pause(&mut self) -> bool {
+        self.runtime.block_on(self.backoff.sleep_or_drain(&mut self.drain.clone())) || self.past_deadline()
+    }
+
+    pub fn past_deadline(&self) -> bool {
+        self.drain.borrow().is_some_and(|d| Instant::now() >= d)
+    }
+}
+
 impl Flusher {
     /// Starts the flusher thread. It returns when `drain` carries a deadline and either the WAL
     /// is fully delivered or the deadline passed.
@@ -94,24 +121,30 @@ impl Flusher {
             .expect("spawning the flusher thread")
     }
 
-    fn producer(&self) -> Result<TrackingProducer, KafkaStageError> {
-        self.kafka.tracking_producer(self.options.linger_ms, self.options.message_timeout_ms)
-    }
-
     fn run(self, runtime: Handle, mut drain: DrainSignal) -> Result<(), KafkaStageError> {
-        let mut producer = self.producer()?;
         let mut backoff = Backoff::new(self.options.max_backoff);
-        let deadline = |drain: &DrainSignal| *drain.borrow();
-        let past = |drain: &DrainSignal| deadline(drain).is_some_and(|d| Instant::now() >= d);
+        let mut sink = Sink::new(&self.kafka, &self.options)?;
+        let mut topics = vec![self.kafka.raw_topic.as_str()];
+        if self.kafka.guarantee == Guarantee::ExactlyOnce {
+            topics.push(self.kafka.positions_topic.as_str());
+        }
+        let mut ctx = Ctx {
+            runtime: &runtime,
+            drain: &drain,
+            backoff: &mut backoff,
+            status: &self.status,
+            kafka: &self.kafka,
+            options: &self.options,
+        };
 
         // Topics first; without them every send fails.
         loop {
-            match runtime.block_on(kafka::ensure_topics(&self.kafka, &[&self.kafka.raw_topic])) {
+            match runtime.block_on(kafka::ensure_topics(&self.kafka, &topics)) {
                 Ok(()) => break,
                 Err(e) if e.is_retryable() => {
                     self.status.failed(e.to_string());
-                    warn!(error = %e, "Cannot create the raw topic yet; the WAL keeps the data meanwhile.");
-                    if past(&drain) || runtime.block_on(backoff.sleep_or_drain(&mut drain)) {
+                    warn!(error = %e, "Cannot create the topics yet; the WAL keeps the data meanwhile.");
+                    if ctx.past_deadline() || ctx.pause() {
                         warn!(
                             "Drain deadline reached before Kafka was reachable; undelivered records stay in the WAL."
                         );
@@ -121,15 +154,30 @@ impl Flusher {
                 Err(e) => return Err(e),
             }
         }
-        backoff.reset();
+        ctx.backoff.reset();
 
-        let mut durable = self.durable.clone();
         let mut next = self.log.stats().delivered_through + 1;
-        info!(next_seq = next, "Flusher started.");
+        // Exactly-once: Kafka's committed position is the truth; the local watermark may lag it
+        // by the batch that was committed just before a crash.
+        match sink.resume_point(&mut ctx) {
+            None => return Ok(()),
+            Some(Some(committed_next)) if committed_next > next => {
+                info!(
+                    local = next,
+                    kafka = committed_next,
+                    "Kafka already has records the WAL had not marked delivered; skipping them."
+                );
+                self.ack(committed_next - 1);
+                next = committed_next;
+            }
+            Some(_) => {}
+        }
+        let mut durable = self.durable.clone();
+        info!(next_seq = next, guarantee = ?self.kafka.guarantee, "Flusher started.");
         loop {
             let upto = *durable.borrow_and_update();
             if next > upto {
-                if deadline(&drain).is_some() {
+                if drain.borrow().is_some() {
                     info!(delivered_through = next - 1, "The WAL is fully delivered; flusher stopping.");
                     return Ok(());
                 }
@@ -142,7 +190,15 @@ impl Flusher {
                 });
                 continue;
             }
-            if past(&drain) {
+            let mut ctx = Ctx {
+                runtime: &runtime,
+                drain: &drain,
+                backoff: &mut backoff,
+                status: &self.status,
+                kafka: &self.kafka,
+                options: &self.options,
+            };
+            if ctx.past_deadline() {
                 warn!(
                     pending = upto + 1 - next,
                     "Drain deadline reached; undelivered records stay in the WAL for the next start."
@@ -153,7 +209,7 @@ impl Flusher {
                 Ok(r) => r,
                 Err(e) => {
                     error!(error = %e, "Reading the WAL failed; retrying.");
-                    runtime.block_on(backoff.sleep_or_drain(&mut drain));
+                    ctx.pause();
                     continue;
                 }
             };
@@ -163,129 +219,32 @@ impl Flusher {
                 next = upto + 1;
                 continue;
             };
-            match self.deliver(&producer, &records, &drain, &runtime, &mut backoff) {
-                Delivery::Done => {}
-                Delivery::Abandoned => return Ok(()),
+            match sink.deliver(&records, last, &mut ctx) {
+                Delivery::Done => {
+                    self.ack(last);
+                    self.status.ok(records.len());
+                    crate::telemetry::flush_delivered(records.len());
+                    next = last + 1;
+                }
+                Delivery::Resync(committed_next) => {
+                    if committed_next > next {
+                        self.ack(committed_next - 1);
+                        next = committed_next;
+                    }
+                }
+                Delivery::Abandoned => {
+                    warn!("Drain deadline reached while delivering; undelivered records stay in the WAL.");
+                    return Ok(());
+                }
             }
-            if kafka::is_fatal(&producer) {
-                warn!("The producer hit a fatal error; creating a new one.");
-                producer = self.producer()?;
-            }
-            if let Err(e) = self.log.ack_through(last) {
-                // Not fatal for delivery: the records went to Kafka; worst case they go again.
-                error!(error = %e, seq = last, "Recording the delivered position in the WAL failed.");
-            }
-            self.status.ok(records.len());
-            crate::telemetry::flush_delivered(records.len());
-            next = last + 1;
         }
     }
 
-    /// Sends `records` and resends what failed until Kafka has them all, or the drain deadline
-    /// passes.
-    fn deliver(
-        &self,
-        producer: &TrackingProducer,
-        records: &[ReadRecord],
-        drain: &DrainSignal,
-        runtime: &Handle,
-        backoff: &mut Backoff,
-    ) -> Delivery {
-        let mut todo: Vec<usize> = (0..records.len()).filter(|&i| records[i].frame.is_some()).collect();
-        backoff.reset();
-        loop {
-            let mut batch = Batch::new(producer);
-            let mut refused = Vec::new();
-            for &i in &todo {
-                let rec = &records[i];
-                let frame = rec.frame.as_ref().expect("only readable records are sent");
-                let entry = record::decode(frame).expect("records are checked when read");
-                let seq = rec.seq.to_string();
-                let received = entry.received_at_ms.to_string();
-                let hdrs = kafka::make_headers(&[
-                    (headers::SEQ, seq.as_bytes()),
-                    (headers::RECEIVED_AT, received.as_bytes()),
-                    (headers::NODE, self.options.node_id.as_bytes()),
-                    (headers::CLIENT, entry.client.as_bytes()),
-                ]);
-                let msg = BaseRecord::<(), [u8], usize>::with_opaque_to(&self.kafka.raw_topic, i)
-                    .payload(entry.payload)
-                    .headers(hdrs);
-                if let Err(e) = batch.send(msg) {
-                    refused.push((i, e));
-                }
-            }
-            let mut failed = batch.wait().failed;
-            failed.extend(refused);
-            if failed.is_empty() {
-                return Delivery::Done;
-            }
-            let (_, first_error) = &failed[0];
-            let message = format!("{} of {} records not delivered: {first_error}", failed.len(), todo.len());
-            warn!(%message, "Kafka did not take a batch; retrying it.");
-            self.status.failed(message);
-            crate::telemetry::flush_failed();
-            todo = failed.into_iter().map(|(i, _)| i).collect();
-            todo.sort_unstable();
-            if runtime.block_on(backoff.sleep_or_drain(&mut drain.clone()))
-                && drain.borrow().is_some_and(|d| Instant::now() >= d)
-            {
-                warn!("Drain deadline reached while Kafka was refusing records; they stay in the WAL.");
-                return Delivery::Abandoned;
-            }
-        }
-    }
-}
-
-enum Delivery {
-    Done,
-    Abandoned,
-}
-
-/// Capped exponential backoff that wakes up early when a drain starts.
-struct Backoff {
-    current: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    const START: Duration = Duration::from_millis(100);
-
-    fn new(max: Duration) -> Self {
-        Backoff { current: Self::START, max }
-    }
-
-    fn reset(&mut self) {
-        self.current = Self::START;
-    }
-
-    /// Sleeps for the current backoff (doubling it for next time). Returns true if it was cut
-    /// short because a drain deadline passed.
-    async fn sleep_or_drain(&mut self, drain: &mut DrainSignal) -> bool {
-        let wait = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let until = Instant::now() + wait;
-        loop {
-            let deadline = *drain.borrow_and_update();
-            if let Some(d) = deadline {
-                if Instant::now() >= d {
-                    return true;
-                }
-            }
-            let wake = deadline.map_or(until, |d| d.min(until));
-            tokio::select! {
-                () = tokio::time::sleep_until(wake.into()) => {
-                    if Instant::now() >= until {
-                        return deadline.is_some_and(|d| Instant::now() >= d);
-                    }
-                }
-                changed = drain.changed() => {
-                    if changed.is_err() {
-                        tokio::time::sleep_until(until.into()).await;
-                        return false;
-                    }
-                }
-            }
+    fn ack(&self, seq: u64) {
+        if let Err(e) = self.log.ack_through(seq) {
+            // Not fatal: Kafka has the records. Exactly-once mode skips them again after a
+            // restart (Kafka's position wins); at-least-once mode sends them again.
+            error!(error = %e, seq, "Recording the delivered position in the WAL failed.");
         }
     }
 }

@@ -3,13 +3,23 @@
 //! # Contract
 //! In: durable WAL records, in sequence order. Out: one message per record on the raw topic
 //! (`collect-topic1`), value = the request body as received, headers = sequence number,
-//! receive time, node id and client address ([`crate::kafka::headers`]). The producer is
-//! idempotent with `acks=all`. The WAL is acknowledged (and its segments reclaimed) only up to
-//! the last record of a batch that Kafka confirmed completely. While Kafka is unreachable the
-//! flusher retries with capped exponential backoff and ingest keeps filling the WAL.
-//! Not guaranteed here: exactly-once. A crash between Kafka's confirmation and the WAL
-//! acknowledgement resends that batch, so the raw topic is at-least-once.
+//! receive time, node id and client address ([`crate::kafka::headers`]). The WAL is
+//! acknowledged (and its segments reclaimed) only up to the last record of a batch Kafka has.
+//! While Kafka is unreachable the flusher retries with capped exponential backoff and ingest
+//! keeps filling the WAL.
+//!
+//! **Exactly-once** (default): each batch is one Kafka transaction from a producer with a
+//! stable `transactional.id` (`collector-flush-<node id>`), and the WAL position after the
+//! batch is committed in the same transaction (see [`sink`]). On start the producer fences
+//! its previous incarnation and the flusher resumes after Kafka's committed position, so a
+//! crash at any point neither loses nor repeats a record for `read_committed` readers.
+//!
+//! **At-least-once** (`--delivery-guarantee at-least-once`): an idempotent producer with
+//! `acks=all`; a crash between Kafka's confirmation and the WAL acknowledgement resends that
+//! batch.
 
+mod backoff;
 mod flusher;
+mod sink;
 
-pub use flusher::{FlushOptions, FlushSnapshot, FlushStatus, Flusher};
+pub use flusher::{DrainSignal, FlushOptions, FlushSnapshot, FlushStatus, Flusher};

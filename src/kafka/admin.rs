@@ -1,22 +1,25 @@
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::info;
 
-use super::{KafkaSettings, KafkaStageError};
+use super::{KafkaSettings, KafkaStageError, LogContext};
 
 /// Creates each of `topics` that does not exist yet, with the configured partitions and
-/// replication. Existing topics are left as they are.
+/// replication (the positions topic gets one partition: only its partition 0 is used).
+/// Existing topics are left as they are.
 ///
 /// # Errors
 /// [`KafkaStageError`] if the broker cannot be reached or refuses; retryable.
 pub async fn ensure_topics(settings: &KafkaSettings, topics: &[&str]) -> Result<(), KafkaStageError> {
-    let admin: AdminClient<DefaultClientContext> = settings.client_config(&[]).create()?;
+    let admin: AdminClient<LogContext> = settings.client_config(&[]).create_with_context(LogContext)?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, settings.topic_partitions, TopicReplication::Fixed(settings.topic_replication)))
+        .map(|t| {
+            let partitions = if *t == settings.positions_topic { 1 } else { settings.topic_partitions };
+            NewTopic::new(t, partitions, TopicReplication::Fixed(settings.topic_replication))
+        })
         .collect();
     let options = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))

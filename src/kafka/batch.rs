@@ -12,7 +12,6 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use tracing::{debug, error, info, warn};
 
 /// Producer context that counts outstanding deliveries and records failures.
 #[derive(Default)]
@@ -32,20 +31,11 @@ pub type TrackingProducer = BaseProducer<TrackingContext>;
 
 impl ClientContext for TrackingContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                error!(target: "librdkafka", "{fac}: {message}")
-            }
-            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", "{fac}: {message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => info!(target: "librdkafka", "{fac}: {message}"),
-            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", "{fac}: {message}"),
-        }
+        super::context::log(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        // Broker-down errors repeat every few seconds while Kafka is away; they are expected and
-        // the stage reports its own state, so keep them at warn.
-        warn!(target: "librdkafka", %error, "{reason}");
+        super::context::error(error, reason);
     }
 }
 
@@ -137,10 +127,4 @@ pub fn headers(pairs: &[(&str, &[u8])]) -> OwnedHeaders {
     pairs.iter().fold(OwnedHeaders::new_with_capacity(pairs.len()), |h, (key, value)| {
         h.insert(Header { key, value: Some(*value) })
     })
-}
-
-/// True when the producer hit a fatal error (e.g. idempotent-producer state lost) and must be
-/// replaced.
-pub fn is_fatal(producer: &TrackingProducer) -> bool {
-    producer.client().fatal_error().is_some()
 }

@@ -9,13 +9,16 @@
 
 mod admin;
 mod batch;
+mod context;
 mod error;
 mod settings;
+pub mod txn;
 
 pub use admin::ensure_topics;
-pub use batch::{headers as make_headers, is_fatal, Batch, BatchOutcome, TrackingContext, TrackingProducer};
+pub use batch::{headers as make_headers, Batch, BatchOutcome, TrackingContext, TrackingProducer};
+pub use context::LogContext;
 pub use error::KafkaStageError;
-pub use settings::KafkaSettings;
+pub use settings::{Guarantee, KafkaSettings};
 
 /// Header names on raw (`collect-topic1`) messages.
 pub mod headers {

@@ -2,6 +2,15 @@ use rdkafka::ClientConfig;
 
 use super::KafkaStageError;
 
+/// What the pipeline promises about duplicates in Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Guarantee {
+    /// Kafka transactions: every record and row exactly once for `read_committed` readers.
+    ExactlyOnce,
+    /// Idempotent producers without transactions: cheaper, but a crash can repeat a batch.
+    AtLeastOnce,
+}
+
 /// Connection and topic settings shared by every Kafka client of the collector.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
@@ -12,6 +21,10 @@ pub struct KafkaSettings {
     pub raw_topic: String,
     pub transformed_topic: String,
     pub dead_letter_topic: String,
+    /// Exactly-once mode: where the flusher commits its WAL position (offsets of a consumer
+    /// group on partition 0; the topic itself stays empty).
+    pub positions_topic: String,
+    pub guarantee: Guarantee,
     /// Partitions for topics the collector creates.
     pub topic_partitions: i32,
     /// Replication factor for topics the collector creates.
@@ -80,6 +93,7 @@ impl KafkaSettings {
             ("--raw-topic", &self.raw_topic),
             ("--transformed-topic", &self.transformed_topic),
             ("--dead-letter-topic", &self.dead_letter_topic),
+            ("--positions-topic", &self.positions_topic),
         ] {
             if topic.is_empty()
                 || topic.len() > 249

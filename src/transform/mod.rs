@@ -5,10 +5,13 @@
 //! offset when the group is new). Out: for each event, one message on the transformed topic,
 //! key = `user_id`, value = `{"event_type","event_time","user_id","browser","device"}`
 //! ([`row`]). A raw message the transform cannot read goes, unchanged, to the dead-letter topic
-//! with the reason in the `collector-error` header; it never stalls its partition. Offsets are
-//! committed only after every row and dead letter of the batch was confirmed by Kafka.
-//! Not guaranteed here: exactly-once. A crash between the rows' delivery and the commit (or a
-//! rebalance in that window) produces those rows again: at-least-once.
+//! with the reason in the `collector-error` header; it never stalls its partition.
+//!
+//! Exactly-once (default): rows, dead letters and the consumer offsets of a batch are one Kafka
+//! transaction (`transactional.id` = `collector-transform-<node id>`), so for `read_committed`
+//! readers each raw message yields its rows once, across crashes and rebalances.
+//! At-least-once: offsets are committed after Kafka confirmed every row; a crash (or rebalance)
+//! in between produces the batch's rows again.
 
 pub mod row;
 mod worker;

@@ -16,6 +16,7 @@ const META_TREE: &[u8] = b"meta";
 const QUARANTINE_TREE: &[u8] = b"quarantine";
 const SEGMENT_PREFIX: &[u8] = b"seg/";
 const DELIVERED_KEY: &[u8] = b"delivered_through";
+const NODE_ID_KEY: &[u8] = b"node_id";
 
 /// The storage engine behind the WAL. Small on purpose so the engine can be swapped and the
 /// logic above it tested without disk.
@@ -287,6 +288,28 @@ impl LogStore for SledLog {
                 0
             }),
         }
+    }
+}
+
+impl SledLog {
+    /// This WAL's node id: generated as `<host>-<8 hex digits>` the first time it is asked
+    /// for and stored in `meta`, so the WAL keeps its identity (and its Kafka
+    /// `transactional.id`) across restarts.
+    ///
+    /// # Errors
+    /// [`WalError::Storage`] if sled cannot read or write `meta`.
+    pub fn node_id(&self, host: &str) -> Result<String, WalError> {
+        if let Some(id) = self.meta.get(NODE_ID_KEY)? {
+            return Ok(String::from_utf8_lossy(&id).into_owned());
+        }
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        h.write_u32(std::process::id());
+        let id = format!("{host}-{:08x}", h.finish() as u32);
+        self.meta.insert(NODE_ID_KEY, id.as_bytes())?;
+        self.db.flush()?;
+        Ok(id)
     }
 }
 
