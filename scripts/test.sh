@@ -9,6 +9,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PORT="${KAFKA_PORT:-9092}"
 
+if ! command -v kcat >/dev/null; then
+  echo "test.sh: the crash tests read Kafka with kcat; install it (apt-get install kcat)" >&2
+  exit 1
+fi
+
 started_kafka=0
 if ! scripts/kafka.sh status 2>/dev/null; then
   scripts/kafka.sh start

@@ -1,0 +1,213 @@
+//! Crash tests: `kill -9` the real processes again and again under continuous load, then count
+//! with an independent reader (kcat, `isolation.level=read_committed`) that every acknowledged
+//! event is in `collect-topic2` exactly once.
+//!
+//! The load client gives up on a request whose answer was cut off (it has no `Idempotency-Key`
+//! yet), so such an event was never acknowledged: it may appear once or not at all, never twice.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Deterministic pseudo-random pauses; the seed is printed so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Self {
+        let seed = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+        });
+        eprintln!("crash test seed: CRASH_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        lo + self.0 % (hi - lo)
+    }
+}
+
+/// Outcome of the load: which event ids were acknowledged, which attempted.
+#[derive(Default)]
+struct Load {
+    acked: HashSet<String>,
+    attempted: usize,
+}
+
+/// Clients sending one-event requests as fast as the collector answers, until `stop`.
+fn start_load(port: u16, clients: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Load>> {
+    (0..clients)
+        .map(|c| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+                let url = format!("http://127.0.0.1:{port}/collect");
+                let mut load = Load::default();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = format!("c{c}-{i}");
+                    i += 1;
+                    load.attempted += 1;
+                    let sent = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(event_body(&id, &format!("user-{c}")))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 200 => {
+                            load.acked.insert(id);
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                load
+            })
+        })
+        .collect()
+}
+
+async fn finish_load(workers: Vec<tokio::task::JoinHandle<Load>>) -> Load {
+    let mut total = Load::default();
+    for w in workers {
+        let l = w.await.unwrap();
+        total.attempted += l.attempted;
+        total.acked.extend(l.acked);
+    }
+    total
+}
+
+/// Reads `topic` completely with kcat (`read_committed`) and counts event ids: the
+/// `event_type` of a row, or of the single event of a raw request.
+fn kcat_count(brokers: &str, topic: &str) -> HashMap<String, usize> {
+    let out = Command::new("kcat")
+        .args(["-b", brokers, "-C", "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%s\n"])
+        .args(["-X", "isolation.level=read_committed"])
+        .output()
+        .expect("kcat is needed by the crash tests (apt-get install kcat; .ci/run installs it)");
+    assert!(out.status.success(), "kcat failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut counts = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad row {line:?}: {e}"));
+        let id = v["event_type"].as_str().or_else(|| v["events"][0]["event_type"].as_str()).unwrap();
+        *counts.entry(id.to_string()).or_default() += 1;
+    }
+    counts
+}
+
+/// Waits until every acknowledged id is in the topic (or a minute passed), then checks the
+/// exactly-once property and returns the counts.
+fn verify_exactly_once(brokers: &str, topic: &str, load: &Load, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let counts = loop {
+        let counts = kcat_count(brokers, topic);
+        if load.acked.iter().all(|id| counts.contains_key(id)) || Instant::now() > deadline {
+            break counts;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let lost: Vec<_> = load.acked.iter().filter(|id| !counts.contains_key(*id)).collect();
+    let duplicated: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
+    let rows: usize = counts.values().sum();
+    eprintln!(
+        "{what}: attempted {}, acknowledged {}, rows read {rows}, lost {}, duplicated {}",
+        load.attempted,
+        load.acked.len(),
+        lost.len(),
+        duplicated.len()
+    );
+    assert!(load.acked.len() > 100, "too little load got through to prove anything");
+    assert!(lost.is_empty(), "{what}: acknowledged events missing: {:?}", &lost[..lost.len().min(20)]);
+    assert!(duplicated.is_empty(), "{what}: events duplicated: {:?}", &duplicated[..duplicated.len().min(20)]);
+}
+
+fn transform_args(topics: &Topics, node: &str) -> Vec<String> {
+    let mut args = topics.args("transform");
+    args.extend(["--node-id".into(), node.into()]);
+    args
+}
+
+/// `collector transform` has no HTTP port; start it and give it a moment.
+fn start_transform(topics: &Topics, node: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_collector"))
+        .arg("transform")
+        .args(transform_args(topics, node))
+        .env("COLLECTOR_LOG", "warn")
+        .spawn()
+        .expect("starting collector transform")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_killed_ten_times_under_load_loses_and_duplicates_nothing() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new();
+    let node = unique("t");
+    let mut transform = start_transform(&topics, &node);
+    let serve = Collector::start("serve", wal.path(), 0, &topics.args("serve"));
+    let port = serve.port();
+    let mut serve = Some(serve);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(port, 4, stop.clone());
+    for kill in 1..=10 {
+        tokio::time::sleep(Duration::from_millis(rng.between(200, 1200))).await;
+        serve.take().unwrap().kill9();
+        eprintln!("kill {kill}: collector killed");
+        tokio::time::sleep(Duration::from_millis(rng.between(0, 300))).await;
+        serve = Some(Collector::start("serve", wal.path(), port, &topics.args("serve")));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let load = finish_load(load).await;
+
+    let (b, raw, rows) = (brokers.clone(), topics.raw.clone(), topics.transformed.clone());
+    tokio::task::spawn_blocking(move || {
+        verify_exactly_once(&b, &raw, &load, "collector kill -9 x10, collect-topic1");
+        verify_exactly_once(&b, &rows, &load, "collector kill -9 x10, collect-topic2");
+    })
+    .await
+    .unwrap();
+    let _ = transform.kill();
+    let _ = transform.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transform_worker_killed_ten_times_under_load_loses_and_duplicates_nothing() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new();
+    let serve = Collector::start("serve", wal.path(), 0, &topics.args("serve"));
+    // The same node id across restarts: each new worker fences its killed predecessor.
+    let node = unique("t");
+    let mut transform = start_transform(&topics, &node);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(serve.port(), 4, stop.clone());
+    for kill in 1..=10 {
+        tokio::time::sleep(Duration::from_millis(rng.between(500, 2000))).await;
+        transform.kill().unwrap();
+        transform.wait().unwrap();
+        eprintln!("kill {kill}: transform worker killed");
+        tokio::time::sleep(Duration::from_millis(rng.between(0, 300))).await;
+        transform = start_transform(&topics, &node);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let load = finish_load(load).await;
+
+    let (b, t) = (brokers.clone(), topics.transformed.clone());
+    tokio::task::spawn_blocking(move || verify_exactly_once(&b, &t, &load, "transform kill -9 x10")).await.unwrap();
+    let _ = transform.kill();
+    let _ = transform.wait();
+    drop(serve);
+}
