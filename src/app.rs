@@ -44,6 +44,8 @@ pub struct WalConfig {
     pub segment_bytes: u64,
     pub cache_bytes: u64,
     pub group_commit_max: usize,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_window_ms: u64,
 }
 
 /// Why the pipeline could not start or ended badly.
@@ -75,7 +77,11 @@ impl Pipeline {
     pub async fn start(mut config: PipelineConfig) -> Result<Pipeline, AppError> {
         let sled_log = SledLog::open(
             &config.wal.dir,
-            LogOptions { segment_bytes: config.wal.segment_bytes, cache_bytes: config.wal.cache_bytes },
+            LogOptions {
+                segment_bytes: config.wal.segment_bytes,
+                cache_bytes: config.wal.cache_bytes,
+                idempotency_window_ms: config.wal.idempotency_window_ms,
+            },
         )?;
         let node_id = match config.node_id.clone() {
             Some(id) => id,

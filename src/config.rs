@@ -115,6 +115,10 @@ pub struct WalArgs {
     /// sled page cache, in MiB.
     #[arg(long, env = "COLLECTOR_WAL_CACHE_MIB", default_value_t = 64)]
     pub wal_cache_mib: u64,
+    /// How long an Idempotency-Key is remembered: a retry with the same key and body within
+    /// this time is answered 200 again but stored once.
+    #[arg(long, env = "COLLECTOR_IDEMPOTENCY_WINDOW_SECS", default_value_t = 86_400)]
+    pub idempotency_window_secs: u64,
     /// Most requests made durable by one fsync.
     #[arg(long, env = "COLLECTOR_WAL_GROUP_COMMIT_MAX", default_value_t = 1024)]
     pub wal_group_commit_max: usize,
@@ -303,6 +307,7 @@ impl ServeArgs {
                 segment_bytes: positive("--wal-segment-mib", self.wal.wal_segment_mib)? * MIB,
                 cache_bytes: positive("--wal-cache-mib", self.wal.wal_cache_mib)? * MIB,
                 group_commit_max: positive("--wal-group-commit-max", self.wal.wal_group_commit_max as u64)? as usize,
+                idempotency_window_ms: positive("--idempotency-window-secs", self.wal.idempotency_window_secs)? * 1000,
             },
             flush: FlushOptions {
                 batch_records: positive("--flush-batch-records", self.flush.flush_batch_records as u64)? as usize,

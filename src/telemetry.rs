@@ -9,6 +9,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub const REQUESTS_ACCEPTED: &str = "collector_requests_accepted_total";
 pub const REQUESTS_REJECTED: &str = "collector_requests_rejected_total";
 pub const EVENTS_ACCEPTED: &str = "collector_events_accepted_total";
+pub const REQUESTS_DEDUPLICATED: &str = "collector_requests_deduplicated_total";
 pub const WAL_GROUP_COMMITS: &str = "collector_wal_group_commits_total";
 pub const WAL_GROUP_SIZE: &str = "collector_wal_group_commit_records";
 pub const WAL_QUARANTINED: &str = "collector_wal_quarantined_total";
@@ -39,6 +40,10 @@ pub fn install() -> PrometheusHandle {
 pub fn request_accepted(events: usize) {
     counter!(REQUESTS_ACCEPTED).increment(1);
     counter!(EVENTS_ACCEPTED).increment(events as u64);
+}
+
+pub fn request_deduplicated() {
+    counter!(REQUESTS_DEDUPLICATED).increment(1);
 }
 
 pub fn request_rejected(code: &'static str) {

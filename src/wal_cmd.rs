@@ -10,10 +10,11 @@ pub fn run(cmd: &WalCmd) -> Result<ExitCode> {
     if !cmd.wal_dir.exists() {
         anyhow::bail!("no WAL at {}", cmd.wal_dir.display());
     }
-    let log = SledLog::open(&cmd.wal_dir, LogOptions { segment_bytes: u64::MAX, cache_bytes: 16 * 1024 * 1024 })
-        .with_context(|| {
-            format!("opening the WAL at {} (is a collector still running on it?)", cmd.wal_dir.display())
-        })?;
+    let log = SledLog::open(
+        &cmd.wal_dir,
+        LogOptions { segment_bytes: u64::MAX, cache_bytes: 16 * 1024 * 1024, idempotency_window_ms: 86_400_000 },
+    )
+    .with_context(|| format!("opening the WAL at {} (is a collector still running on it?)", cmd.wal_dir.display()))?;
     match cmd.action {
         WalAction::Stats => {
             println!("{}", serde_json::to_string_pretty(&log.stats())?);

@@ -2,8 +2,9 @@
 //! with an independent reader (kcat, `isolation.level=read_committed`) that every acknowledged
 //! event is in `collect-topic2` exactly once.
 //!
-//! The load client gives up on a request whose answer was cut off (it has no `Idempotency-Key`
-//! yet), so such an event was never acknowledged: it may appear once or not at all, never twice.
+//! The load client behaves like a real tracker: a request whose answer was cut off by a kill is
+//! retried with the same `Idempotency-Key` until it is acknowledged, so the key must survive the
+//! crash together with its record.
 
 mod common;
 
@@ -40,6 +41,8 @@ impl Rng {
 struct Load {
     acked: HashSet<String>,
     attempted: usize,
+    /// Requests sent again (same key) after an error or a cut-off answer.
+    retries: usize,
 }
 
 /// Clients sending one-event requests as fast as the collector answers, until `stop`.
@@ -56,17 +59,27 @@ fn start_load(port: u16, clients: usize, stop: Arc<AtomicBool>) -> Vec<tokio::ta
                     let id = format!("c{c}-{i}");
                     i += 1;
                     load.attempted += 1;
-                    let sent = http
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(event_body(&id, &format!("user-{c}")))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status() == 200 => {
-                            load.acked.insert(id);
+                    let body = event_body(&id, &format!("user-{c}"));
+                    // Retry until acknowledged; give up only once the test stops the load.
+                    loop {
+                        let sent = http
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .header("idempotency-key", &id)
+                            .body(body.clone())
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(r) if r.status() == 200 => {
+                                load.acked.insert(id.clone());
+                                break;
+                            }
+                            _ if stop.load(Ordering::Relaxed) => break,
+                            _ => {
+                                load.retries += 1;
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
                         }
-                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
                     }
                 }
                 load
@@ -80,6 +93,7 @@ async fn finish_load(workers: Vec<tokio::task::JoinHandle<Load>>) -> Load {
     for w in workers {
         let l = w.await.unwrap();
         total.attempted += l.attempted;
+        total.retries += l.retries;
         total.acked.extend(l.acked);
     }
     total
@@ -118,9 +132,10 @@ fn verify_exactly_once(brokers: &str, topic: &str, load: &Load, what: &str) {
     let duplicated: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
     let rows: usize = counts.values().sum();
     eprintln!(
-        "{what}: attempted {}, acknowledged {}, rows read {rows}, lost {}, duplicated {}",
+        "{what}: events attempted {}, acknowledged {}, retries {}, rows read {rows}, lost {}, duplicated {}",
         load.attempted,
         load.acked.len(),
+        load.retries,
         lost.len(),
         duplicated.len()
     );

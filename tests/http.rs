@@ -179,3 +179,25 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
     .unwrap();
     assert!(closed, "the slow connection was held open");
 }
+
+#[tokio::test]
+async fn an_idempotency_key_is_stored_once_and_answered_again() {
+    let (c, _wal) = start(&[]);
+    let key = ("idempotency-key", "req-7f3a");
+    let (status, first) = post(&c, &[JSON, key], SEED_SAMPLE).await;
+    assert_eq!(status, 200);
+    assert!(first.get("duplicate").is_none());
+    let (status, again) = post(&c, &[JSON, key], SEED_SAMPLE).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["seq"], first["seq"]);
+    assert_eq!(again["duplicate"], true);
+
+    let (status, json) = post(&c, &[JSON, key], SEED_SAMPLE.replace("user_test", "other")).await;
+    assert_eq!((status, json["error"]["code"].as_str()), (422, Some("idempotency_key_reused")));
+    let (status, json) = post(&c, &[JSON, ("idempotency-key", "")], SEED_SAMPLE).await;
+    assert_eq!((status, json["error"]["code"].as_str()), (400, Some("invalid_idempotency_key")));
+
+    let status: serde_json::Value =
+        client().get(c.url("/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["wal"]["next_seq"], 2, "the retried request was stored once");
+}

@@ -36,7 +36,7 @@ fn payload(seq: u64) -> Vec<u8> {
 }
 
 fn open(dir: &std::path::Path, segment_bytes: u64) -> SledLog {
-    SledLog::open(dir, LogOptions { segment_bytes, cache_bytes: 1 << 20 }).unwrap()
+    SledLog::open(dir, LogOptions { segment_bytes, cache_bytes: 1 << 20, idempotency_window_ms: 60_000 }).unwrap()
 }
 
 proptest! {
@@ -57,7 +57,7 @@ proptest! {
                     let frames: Vec<Vec<u8>> = (next..next + n as u64)
                         .map(|seq| record::encode(&Entry { received_at_ms: seq, client: "m", payload: &payload(seq) }))
                         .collect();
-                    let first = log.append(&frames).unwrap();
+                    let first = log.append(&frames, &[]).unwrap();
                     log.sync().unwrap();
                     prop_assert_eq!(first, next, "sequence numbers are consecutive");
                     for seq in next..next + n as u64 {

@@ -31,6 +31,10 @@ pub enum IngestError {
     BodyRead(String),
     #[error("the body did not arrive within {secs}s")]
     BodyTimeout { secs: u64 },
+    #[error("the Idempotency-Key header must be 1 to {0} printable ASCII characters")]
+    BadIdempotencyKey(usize),
+    #[error("this Idempotency-Key was already used for a different body")]
+    IdempotencyKeyReused,
     #[error("the collector is shutting down; retry against another instance or later")]
     Draining,
     #[error("{0}")]
@@ -52,6 +56,8 @@ impl IngestError {
             IngestError::BadGzip(_) => "invalid_gzip",
             IngestError::BodyRead(_) => "body_read_failed",
             IngestError::BodyTimeout { .. } => "request_timeout",
+            IngestError::BadIdempotencyKey(_) => "invalid_idempotency_key",
+            IngestError::IdempotencyKeyReused => "idempotency_key_reused",
             IngestError::Draining => "draining",
             IngestError::Wal(e) if e.is_retryable() => "wal_unavailable",
             IngestError::Wal(_) => "wal_error",
@@ -72,6 +78,8 @@ impl IngestError {
             }
             IngestError::BadGzip(_) | IngestError::BodyRead(_) => StatusCode::BAD_REQUEST,
             IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            IngestError::BadIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            IngestError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             IngestError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Wal(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Wal(_) => StatusCode::INTERNAL_SERVER_ERROR,

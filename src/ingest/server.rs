@@ -27,7 +27,7 @@ use super::validate::{self, Limits};
 use super::{status, IngestError};
 use crate::flush::FlushStatus;
 use crate::wal::record::{self, Entry};
-use crate::wal::{LogStore, WalWriter};
+use crate::wal::{Appended, IdempotencyKey, LogStore, WalWriter};
 
 /// Settings of the HTTP server.
 #[derive(Debug, Clone)]
@@ -62,6 +62,22 @@ struct Receipt {
     /// WAL sequence number; also carried in the raw Kafka message's headers.
     seq: u64,
     events: usize,
+    /// Present (true) when an `Idempotency-Key` retry was recognised and nothing new stored.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+}
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_KEY_LEN: usize = 255;
+
+/// The request's `Idempotency-Key`, with a fingerprint of the body it came with.
+fn idempotency_key(headers: &HeaderMap, body: &[u8]) -> Result<Option<IdempotencyKey>, IngestError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.as_bytes();
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        return Err(IngestError::BadIdempotencyKey(MAX_KEY_LEN));
+    }
+    Ok(Some(IdempotencyKey { key: key.to_vec(), fingerprint: u64::from(crc32fast::hash(body)) }))
 }
 
 pub fn router(state: Arc<IngestState>) -> Router {
@@ -90,11 +106,20 @@ async fn collect(
     let mut scratch = raw.to_vec();
     let events =
         validate::parse_request(&mut scratch, state.options.validate).map_err(IngestError::Invalid)?.events.len();
+    let key = idempotency_key(&headers, &raw)?;
     let client = peer.to_string();
     let frame = record::encode(&Entry { received_at_ms: crate::now_ms(), client: &client, payload: &raw });
-    let seq = state.writer.append(frame).await.map_err(IngestError::Wal)?;
-    crate::telemetry::request_accepted(events);
-    Ok(Json(Receipt { status: "ok", seq, events }))
+    match state.writer.append(frame, key).await.map_err(IngestError::Wal)? {
+        Appended::Stored(seq) => {
+            crate::telemetry::request_accepted(events);
+            Ok(Json(Receipt { status: "ok", seq, events, duplicate: false }))
+        }
+        Appended::Duplicate(seq) => {
+            crate::telemetry::request_deduplicated();
+            Ok(Json(Receipt { status: "ok", seq, events, duplicate: true }))
+        }
+        Appended::KeyReused => Err(IngestError::IdempotencyKeyReused),
+    }
 }
 
 async fn not_found(uri: Uri) -> IngestError {

@@ -9,6 +9,7 @@ use std::sync::{Mutex, RwLock};
 use serde::Serialize;
 use tracing::{error, info, warn};
 
+use super::idempotency::{self, IdempotencyKey, KeyIndex, KeyRecord};
 use super::record::{self, FrameError};
 use super::WalError;
 
@@ -22,8 +23,11 @@ const NODE_ID_KEY: &[u8] = b"node_id";
 /// logic above it tested without disk.
 pub trait LogStore: Send + Sync + 'static {
     /// Appends framed records with consecutive sequence numbers and returns the first one.
-    /// Not durable until [`LogStore::sync`] returns.
-    fn append(&self, frames: &[Vec<u8>]) -> Result<u64, WalError>;
+    /// `keys` pairs an index into `frames` with the idempotency key of that record; each key is
+    /// stored atomically with its record. Not durable until [`LogStore::sync`] returns.
+    fn append(&self, frames: &[Vec<u8>], keys: &[(usize, IdempotencyKey)]) -> Result<u64, WalError>;
+    /// The record an idempotency key was stored with inside the window, if any.
+    fn lookup_key(&self, key: &[u8]) -> Result<Option<KeyRecord>, WalError>;
     /// Makes every record appended so far durable (fsync).
     fn sync(&self) -> Result<(), WalError>;
     /// Reads up to `max_records` records (and about `max_bytes`) with `from <= seq <= upto`,
@@ -67,6 +71,8 @@ pub struct LogOptions {
     pub segment_bytes: u64,
     /// sled page cache size.
     pub cache_bytes: u64,
+    /// How long an idempotency key is remembered (at least; at most twice as long).
+    pub idempotency_window_ms: u64,
 }
 
 /// The sled implementation of [`LogStore`].
@@ -74,6 +80,7 @@ pub struct SledLog {
     db: sled::Db,
     meta: sled::Tree,
     quarantine: sled::Tree,
+    keys: KeyIndex,
     options: LogOptions,
     /// Live segments by first sequence number. The last one is the active (written) segment.
     /// A `RwLock` because reads (flusher) are frequent and rotation/reclaim are rare.
@@ -135,7 +142,9 @@ impl SledLog {
                 break;
             }
         }
+        let keys = KeyIndex::open(&db, options.idempotency_window_ms)?;
         let log = SledLog {
+            keys,
             db,
             meta,
             quarantine: quarantine.clone(),
@@ -199,7 +208,7 @@ impl SledLog {
 }
 
 impl LogStore for SledLog {
-    fn append(&self, frames: &[Vec<u8>]) -> Result<u64, WalError> {
+    fn append(&self, frames: &[Vec<u8>], keys: &[(usize, IdempotencyKey)]) -> Result<u64, WalError> {
         if frames.is_empty() {
             return Ok(self.next_seq.load(Ordering::Acquire));
         }
@@ -218,9 +227,34 @@ impl LogStore for SledLog {
             batch.insert(&(first + i as u64).to_be_bytes(), frame.as_slice());
             w.active_bytes += frame.len() as u64;
         }
-        tree.apply_batch(batch)?;
+        if keys.is_empty() {
+            tree.apply_batch(batch)?;
+        } else {
+            // Record and key in one transaction: after a crash both exist or neither, so a
+            // retry can never be answered "duplicate" for a record that is not there.
+            use sled::transaction::{ConflictableTransactionError, TransactionError};
+            use sled::Transactional;
+            let now = crate::now_ms();
+            let key_tree = self.keys.current_tree(now)?;
+            (&tree, &key_tree)
+                .transaction(|(seg, idem)| {
+                    seg.apply_batch(&batch)?;
+                    for (i, k) in keys {
+                        idem.insert(k.key.as_slice(), &idempotency::entry(first + *i as u64, k.fingerprint, now)[..])?;
+                    }
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    TransactionError::Storage(e) => WalError::from(e),
+                    TransactionError::Abort(()) => WalError::Storage("the append transaction aborted".into()),
+                })?;
+        }
         self.next_seq.store(first + frames.len() as u64, Ordering::Release);
         Ok(first)
+    }
+
+    fn lookup_key(&self, key: &[u8]) -> Result<Option<KeyRecord>, WalError> {
+        self.keys.lookup(key, crate::now_ms())
     }
 
     fn sync(&self) -> Result<(), WalError> {

@@ -21,6 +21,9 @@
 //!   `segment_bytes` of records, and a fresh one is started at every open.
 //! - `meta` — `delivered_through` → `u64` BE: every record up to it was confirmed by Kafka.
 //! - `quarantine` — `u64` BE sequence → the raw bytes of a record that failed its checksum.
+//! - `idem/<bucket: u64 BE>` — idempotency keys → `seq | body fingerprint | stored_at_ms`,
+//!   bucketed by time window and dropped whole (see [`idempotency`]); each key is written in one
+//!   sled transaction with its record.
 //!
 //! **Sequence numbers** start at 1, are consecutive and never reused: after a restart the next
 //! one follows the highest key found.
@@ -45,13 +48,15 @@
 //! `<= seq` is dropped with `drop_tree`.
 
 mod error;
+pub mod idempotency;
 mod log;
 pub mod record;
 mod writer;
 
 pub use error::WalError;
+pub use idempotency::{IdempotencyKey, KeyRecord};
 pub use log::{LogOptions, LogStore, ReadRecord, SledLog, VerifyReport, WalStats};
-pub use writer::WalWriter;
+pub use writer::{Appended, WalWriter};
 
 #[cfg(test)]
 mod tests;

@@ -16,7 +16,7 @@ fn payload_of(r: &ReadRecord) -> String {
 }
 
 fn open(dir: &std::path::Path, segment_bytes: u64) -> SledLog {
-    SledLog::open(dir, LogOptions { segment_bytes, cache_bytes: 8 << 20 }).unwrap()
+    SledLog::open(dir, LogOptions { segment_bytes, cache_bytes: 8 << 20, idempotency_window_ms: 60_000 }).unwrap()
 }
 
 #[test]
@@ -24,7 +24,7 @@ fn append_read_ack_and_reopen_resume_where_they_stopped() {
     let dir = tempfile::tempdir().unwrap();
     {
         let log = open(dir.path(), 1 << 20);
-        assert_eq!(log.append(&[frame(1), frame(2), frame(3)]).unwrap(), 1);
+        assert_eq!(log.append(&[frame(1), frame(2), frame(3)], &[]).unwrap(), 1);
         log.sync().unwrap();
         let read = log.read(1, 3, 10, usize::MAX).unwrap();
         assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
@@ -35,7 +35,7 @@ fn append_read_ack_and_reopen_resume_where_they_stopped() {
     let log = open(dir.path(), 1 << 20);
     let stats = log.stats();
     assert_eq!((stats.next_seq, stats.delivered_through, stats.pending_records), (4, 2, 1));
-    assert_eq!(log.append(&[frame(4)]).unwrap(), 4, "sequence numbers continue after a reopen");
+    assert_eq!(log.append(&[frame(4)], &[]).unwrap(), 4, "sequence numbers continue after a reopen");
     let read = log.read(stats.delivered_through + 1, 10, 10, usize::MAX).unwrap();
     assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 4]);
 }
@@ -44,7 +44,7 @@ fn append_read_ack_and_reopen_resume_where_they_stopped() {
 fn reads_respect_the_bounds_and_the_batch_limits() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), 1 << 20);
-    log.append(&(1..=10).map(frame).collect::<Vec<_>>()).unwrap();
+    log.append(&(1..=10).map(frame).collect::<Vec<_>>(), &[]).unwrap();
     assert_eq!(log.read(3, 5, 100, usize::MAX).unwrap().len(), 3);
     assert_eq!(log.read(3, 10, 4, usize::MAX).unwrap().len(), 4);
     assert_eq!(log.read(3, 10, 100, 1).unwrap().len(), 1, "at least one record even if it exceeds max_bytes");
@@ -57,7 +57,7 @@ fn delivered_segments_are_dropped_whole_and_reads_cross_segments() {
     // Tiny segments: every append call rolls to a new tree once the previous one has any bytes.
     let log = open(dir.path(), 1);
     for n in 1..=5 {
-        log.append(&[frame(n)]).unwrap();
+        log.append(&[frame(n)], &[]).unwrap();
     }
     assert_eq!(log.stats().segments, 5);
     let all = log.read(1, 5, 100, usize::MAX).unwrap();
@@ -81,7 +81,7 @@ fn a_corrupt_record_is_quarantined_and_the_rest_still_reads() {
     let mut bad = frame(2);
     let last = bad.len() - 1;
     bad[last] ^= 0x01;
-    log.append(&[frame(1), bad, frame(3)]).unwrap();
+    log.append(&[frame(1), bad, frame(3)], &[]).unwrap();
     let report = log.verify().unwrap();
     assert_eq!(report.ok, 2);
     assert_eq!(report.corrupt.len(), 1);
@@ -104,8 +104,11 @@ struct CountingLog {
 }
 
 impl LogStore for CountingLog {
-    fn append(&self, frames: &[Vec<u8>]) -> Result<u64, WalError> {
-        self.inner.append(frames)
+    fn append(&self, frames: &[Vec<u8>], keys: &[(usize, IdempotencyKey)]) -> Result<u64, WalError> {
+        self.inner.append(frames, keys)
+    }
+    fn lookup_key(&self, key: &[u8]) -> Result<Option<KeyRecord>, WalError> {
+        self.inner.lookup_key(key)
     }
     fn sync(&self) -> Result<(), WalError> {
         self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -132,7 +135,12 @@ async fn concurrent_appends_share_fsyncs_and_all_become_durable() {
     let tasks: Vec<_> = (0..200u64)
         .map(|n| {
             let w = writer.clone();
-            tokio::spawn(async move { w.append(frame(n)).await.unwrap() })
+            tokio::spawn(async move {
+                match w.append(frame(n), None).await.unwrap() {
+                    Appended::Stored(seq) => seq,
+                    other => panic!("unexpected {other:?}"),
+                }
+            })
         })
         .collect();
     let mut seqs = Vec::new();
@@ -145,4 +153,56 @@ async fn concurrent_appends_share_fsyncs_and_all_become_durable() {
     assert_eq!(log.read(1, 200, 1000, usize::MAX).unwrap().len(), 200);
     let syncs = counting.syncs.load(std::sync::atomic::Ordering::SeqCst);
     assert!(syncs < 200, "200 concurrent appends took {syncs} fsyncs; group commit should share them");
+}
+
+fn key(k: &str, fingerprint: u64) -> Option<IdempotencyKey> {
+    Some(IdempotencyKey { key: k.as_bytes().to_vec(), fingerprint })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_stores_once_even_when_retries_race() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn LogStore> = Arc::new(open(dir.path(), 1 << 20));
+    let writer = WalWriter::start(log.clone(), 64);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let w = writer.clone();
+            tokio::spawn(async move { w.append(frame(7), key("k-1", 42)).await.unwrap() })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    let stored: Vec<u64> =
+        outcomes.iter().filter_map(|o| if let Appended::Stored(s) = o { Some(*s) } else { None }).collect();
+    assert_eq!(stored.len(), 1, "exactly one of the racing retries is stored: {outcomes:?}");
+    assert!(outcomes.iter().all(|o| matches!(o, Appended::Stored(s) | Appended::Duplicate(s) if *s == stored[0])));
+    assert_eq!(log.stats().next_seq, 2);
+
+    assert_eq!(writer.append(frame(8), key("k-1", 43)).await.unwrap(), Appended::KeyReused);
+    assert_eq!(writer.append(frame(8), key("k-2", 43)).await.unwrap(), Appended::Stored(2));
+    assert_eq!(writer.append(frame(9), None).await.unwrap(), Appended::Stored(3));
+}
+
+#[test]
+fn idempotency_keys_survive_a_reopen_and_expire_after_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path(), 1 << 20);
+        log.append(&[frame(1), frame(2)], &[(1, key("abc", 9).unwrap())]).unwrap();
+        log.sync().unwrap();
+    }
+    let log = open(dir.path(), 1 << 20);
+    assert_eq!(log.lookup_key(b"abc").unwrap(), Some(KeyRecord { seq: 2, fingerprint: 9 }));
+    assert_eq!(log.lookup_key(b"nope").unwrap(), None);
+    drop(log);
+    // A 1 ms window: by the time we look, the key is out of it.
+    let log = SledLog::open(
+        dir.path(),
+        LogOptions { segment_bytes: 1 << 20, cache_bytes: 1 << 20, idempotency_window_ms: 1 },
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(log.lookup_key(b"abc").unwrap(), None);
 }

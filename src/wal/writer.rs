@@ -4,7 +4,12 @@
 //! everything that is waiting (up to `max_batch`), appends it in one sled batch, fsyncs once and
 //! then answers every waiter. While one fsync runs, the next group queues up, so the number of
 //! fsyncs per second stays bounded by the disk, not by the request rate.
+//!
+//! Idempotency keys are resolved here, on the single writer thread, so two concurrent requests
+//! with the same key cannot both be stored: the first is stored, the second answered with the
+//! first one's sequence number once it is durable.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread;
 
@@ -12,11 +17,24 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::error;
 
 use super::log::LogStore;
-use super::WalError;
+use super::{IdempotencyKey, WalError};
+
+/// The outcome of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored now under this sequence number; durable.
+    Stored(u64),
+    /// The idempotency key was already stored with the same body, under this sequence number
+    /// (durable); nothing new was stored.
+    Duplicate(u64),
+    /// The idempotency key was already used for a different body; nothing was stored.
+    KeyReused,
+}
 
 struct AppendRequest {
     frame: Vec<u8>,
-    reply: oneshot::Sender<Result<u64, WalError>>,
+    key: Option<IdempotencyKey>,
+    reply: oneshot::Sender<Result<Appended, WalError>>,
 }
 
 /// Cloneable handle to the group-commit writer.
@@ -40,13 +58,14 @@ impl WalWriter {
         WalWriter { tx, durable }
     }
 
-    /// Appends one framed record and returns its sequence number once it is on disk.
+    /// Appends one framed record (with an optional idempotency key) and answers once the
+    /// outcome is durable.
     ///
     /// # Errors
     /// [`WalError::Closed`] if the writer is gone, or the storage error of the group commit.
-    pub async fn append(&self, frame: Vec<u8>) -> Result<u64, WalError> {
+    pub async fn append(&self, frame: Vec<u8>, key: Option<IdempotencyKey>) -> Result<Appended, WalError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(AppendRequest { frame, reply }).await.map_err(|_| WalError::Closed)?;
+        self.tx.send(AppendRequest { frame, key, reply }).await.map_err(|_| WalError::Closed)?;
         rx.await.map_err(|_| WalError::Closed)?
     }
 
@@ -56,6 +75,16 @@ impl WalWriter {
     }
 }
 
+/// How one request of a group is answered once the group is durable.
+enum Pending {
+    /// Its frame is at this index of the group.
+    Stored(usize),
+    /// Same key and body as the frame at this index of the group.
+    DuplicateInGroup(usize),
+    /// Already answered by the log's key index.
+    Known(Result<Appended, WalError>),
+}
+
 fn commit_loop(
     log: Arc<dyn LogStore>,
     mut rx: mpsc::Receiver<AppendRequest>,
@@ -63,37 +92,63 @@ fn commit_loop(
     max_batch: usize,
 ) {
     let mut group = Vec::with_capacity(max_batch);
-    let mut frames = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
-        group.push(first.reply);
-        frames.push(first.frame);
+        group.push(first);
         while group.len() < max_batch {
             match rx.try_recv() {
-                Ok(req) => {
-                    group.push(req.reply);
-                    frames.push(req.frame);
-                }
+                Ok(req) => group.push(req),
                 Err(_) => break,
             }
         }
-        let outcome = log.append(&frames).and_then(|first_seq| log.sync().map(|()| first_seq));
-        crate::telemetry::wal_group_committed(frames.len());
-        match outcome {
-            Ok(first_seq) => {
-                durable_tx.send_replace(first_seq + frames.len() as u64 - 1);
-                for (i, reply) in group.drain(..).enumerate() {
-                    // A waiter that went away (client disconnected) is fine: the record is durable
-                    // and will be delivered; the client will retry and may duplicate.
-                    let _ = reply.send(Ok(first_seq + i as u64));
-                }
-            }
-            Err(e) => {
-                error!(error = %e, records = frames.len(), "A WAL group commit failed; its requests get an error.");
-                for reply in group.drain(..) {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
+        let mut frames = Vec::with_capacity(group.len());
+        let mut keys = Vec::new();
+        let mut in_group: HashMap<Vec<u8>, (usize, u64)> = HashMap::new();
+        let mut answers = Vec::with_capacity(group.len());
+        for req in group.drain(..) {
+            let pending = match &req.key {
+                None => None,
+                Some(k) => match in_group.get(&k.key) {
+                    Some(&(index, fp)) if fp == k.fingerprint => Some(Pending::DuplicateInGroup(index)),
+                    Some(_) => Some(Pending::Known(Ok(Appended::KeyReused))),
+                    None => match log.lookup_key(&k.key) {
+                        Ok(Some(rec)) if rec.fingerprint == k.fingerprint => {
+                            Some(Pending::Known(Ok(Appended::Duplicate(rec.seq))))
+                        }
+                        Ok(Some(_)) => Some(Pending::Known(Ok(Appended::KeyReused))),
+                        Ok(None) => {
+                            in_group.insert(k.key.clone(), (frames.len(), k.fingerprint));
+                            keys.push((frames.len(), k.clone()));
+                            None
+                        }
+                        Err(e) => Some(Pending::Known(Err(e))),
+                    },
+                },
+            };
+            let pending = pending.unwrap_or_else(|| {
+                frames.push(req.frame);
+                Pending::Stored(frames.len() - 1)
+            });
+            answers.push((pending, req.reply));
         }
-        frames.clear();
+        let outcome = log.append(&frames, &keys).and_then(|first_seq| log.sync().map(|()| first_seq));
+        crate::telemetry::wal_group_committed(frames.len());
+        if let Ok(first_seq) = &outcome {
+            if !frames.is_empty() {
+                durable_tx.send_replace(first_seq + frames.len() as u64 - 1);
+            }
+        } else if let Err(e) = &outcome {
+            error!(error = %e, records = frames.len(), "A WAL group commit failed; its requests get an error.");
+        }
+        for (pending, reply) in answers {
+            let answer = match (pending, &outcome) {
+                (Pending::Known(answer), _) => answer,
+                (Pending::Stored(i), Ok(first)) => Ok(Appended::Stored(first + i as u64)),
+                (Pending::DuplicateInGroup(i), Ok(first)) => Ok(Appended::Duplicate(first + i as u64)),
+                (_, Err(e)) => Err(e.clone()),
+            };
+            // A waiter that went away (client disconnected) is fine: a stored record is durable
+            // and will be delivered; the client retries, with its key if it sent one.
+            let _ = reply.send(answer);
+        }
     }
 }
