@@ -112,6 +112,11 @@ pub struct WalArgs {
     /// Roll to a new WAL segment after this many MiB of records.
     #[arg(long, env = "COLLECTOR_WAL_SEGMENT_MIB", default_value_t = 64)]
     pub wal_segment_mib: u64,
+    /// WAL quota in MiB: with this much undelivered data (whole segments) `/collect` answers
+    /// 503 with Retry-After and /readyz turns unready, until the flusher catches up. At least
+    /// 4 × --wal-segment-mib.
+    #[arg(long, env = "COLLECTOR_WAL_MAX_MIB", default_value_t = 8192)]
+    pub wal_max_mib: u64,
     /// sled page cache, in MiB.
     #[arg(long, env = "COLLECTOR_WAL_CACHE_MIB", default_value_t = 64)]
     pub wal_cache_mib: u64,
@@ -286,6 +291,11 @@ impl ServeArgs {
     pub fn pipeline(&self, transform: Option<&TransformArgs>) -> Result<PipelineConfig, ConfigError> {
         let i = &self.ingest;
         let node_id = node_id(i.node_id.as_deref())?;
+        if self.wal.wal_max_mib < 4 * self.wal.wal_segment_mib {
+            // Segments are reclaimed whole; a smaller quota could be filled by the active segment
+            // plus one being drained, and ingest would never resume.
+            return Err(ConfigError::Invalid("--wal-max-mib must be at least 4 × --wal-segment-mib".into()));
+        }
         if i.max_decompressed_bytes < i.max_body_bytes {
             return Err(ConfigError::Invalid("--max-decompressed-bytes must be at least --max-body-bytes".into()));
         }
@@ -301,6 +311,7 @@ impl ServeArgs {
                 validate: Limits { max_events: positive("--max-events", i.max_events as u64)? as usize },
                 header_timeout: Duration::from_millis(positive("--header-timeout-ms", i.header_timeout_ms)?),
                 shutdown_grace: Duration::from_millis(i.shutdown_grace_ms),
+                max_wal_bytes: self.wal.wal_max_mib * MIB,
             },
             wal: WalConfig {
                 dir: self.wal.wal_dir.clone(),

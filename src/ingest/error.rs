@@ -35,6 +35,8 @@ pub enum IngestError {
     BadIdempotencyKey(usize),
     #[error("this Idempotency-Key was already used for a different body")]
     IdempotencyKeyReused,
+    #[error("the write-ahead log is full while Kafka catches up; retry later")]
+    WalFull,
     #[error("the collector is shutting down; retry against another instance or later")]
     Draining,
     #[error("{0}")]
@@ -58,6 +60,7 @@ impl IngestError {
             IngestError::BodyTimeout { .. } => "request_timeout",
             IngestError::BadIdempotencyKey(_) => "invalid_idempotency_key",
             IngestError::IdempotencyKeyReused => "idempotency_key_reused",
+            IngestError::WalFull => "wal_full",
             IngestError::Draining => "draining",
             IngestError::Wal(e) if e.is_retryable() => "wal_unavailable",
             IngestError::Wal(_) => "wal_error",
@@ -80,7 +83,7 @@ impl IngestError {
             IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             IngestError::BadIdempotencyKey(_) => StatusCode::BAD_REQUEST,
             IngestError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            IngestError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Draining | IngestError::WalFull => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Wal(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Wal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             IngestError::NotFound(_) => StatusCode::NOT_FOUND,

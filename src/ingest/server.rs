@@ -39,6 +39,8 @@ pub struct ServerOptions {
     pub header_timeout: Duration,
     /// How long shutdown waits for in-flight requests before closing connections.
     pub shutdown_grace: Duration,
+    /// WAL quota: above this many bytes of undelivered segments, `/collect` answers 503.
+    pub max_wal_bytes: u64,
 }
 
 /// Shared state of the handlers.
@@ -100,6 +102,11 @@ async fn collect(
 ) -> Result<Json<Receipt>, IngestError> {
     if state.draining.load(Ordering::Acquire) {
         return Err(IngestError::Draining);
+    }
+    // Backpressure: a soft limit, checked before the body is read; requests already past this
+    // point may overshoot it by at most one group commit.
+    if state.log.live_bytes() >= state.options.max_wal_bytes {
+        return Err(IngestError::WalFull);
     }
     let raw = body::read(&headers, body, state.options.body).await?;
     // simd-json rewrites its input: validate a scratch copy, store the original bytes.

@@ -30,11 +30,12 @@ fn snapshot(state: &IngestState) -> Status {
     let wal = state.log.stats();
     crate::telemetry::wal_levels(wal.pending_records, wal.disk_bytes);
     let draining = state.draining.load(Ordering::Acquire);
+    let ready = unready_reason(state).is_none();
     Status {
         service: "collector",
         version: env!("CARGO_PKG_VERSION"),
         node_id: state.node_id.clone(),
-        ready: !draining,
+        ready,
         draining,
         uptime_secs: state.started.elapsed().as_secs(),
         wal,
@@ -79,7 +80,13 @@ a 200 means the batch is on disk and will reach Kafka.</p>
 <p><a href="/metrics">metrics</a> · <a href="/healthz">healthz</a> · <a href="/readyz">readyz</a> ·
 JSON: <code>curl -H 'Accept: application/json' /</code></p>
 </body></html>"#,
-        state_word = if status.draining { "draining" } else { "accepting" },
+        state_word = if status.draining {
+            "draining"
+        } else if status.ready {
+            "accepting"
+        } else {
+            "WAL full: refusing with 503 until Kafka catches up"
+        },
         node = html_escape(&status.node_id),
         uptime = status.uptime_secs,
         pending = status.wal.pending_records,
@@ -96,9 +103,20 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "alive"}))
 }
 
-pub async fn readyz(State(state): State<Arc<IngestState>>) -> Response {
+/// Why the collector should not get traffic right now, if it should not.
+fn unready_reason(state: &IngestState) -> Option<&'static str> {
     if state.draining.load(Ordering::Acquire) {
-        let body = Json(serde_json::json!({"ready": false, "reason": "draining"}));
+        Some("draining")
+    } else if state.log.live_bytes() >= state.options.max_wal_bytes {
+        Some("wal_full")
+    } else {
+        None
+    }
+}
+
+pub async fn readyz(State(state): State<Arc<IngestState>>) -> Response {
+    if let Some(reason) = unready_reason(&state) {
+        let body = Json(serde_json::json!({"ready": false, "reason": reason}));
         return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], body).into_response();
     }
     Json(serde_json::json!({"ready": true})).into_response()

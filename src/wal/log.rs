@@ -18,6 +18,8 @@ const QUARANTINE_TREE: &[u8] = b"quarantine";
 const SEGMENT_PREFIX: &[u8] = b"seg/";
 const DELIVERED_KEY: &[u8] = b"delivered_through";
 const NODE_ID_KEY: &[u8] = b"node_id";
+/// `segbytes/<first_seq u64 BE>` → bytes of a closed segment, so opening needs no scan.
+const SEGMENT_BYTES_PREFIX: &[u8] = b"segbytes/";
 
 /// The storage engine behind the WAL. Small on purpose so the engine can be swapped and the
 /// logic above it tested without disk.
@@ -38,6 +40,8 @@ pub trait LogStore: Send + Sync + 'static {
     fn ack_through(&self, seq: u64) -> Result<(), WalError>;
     /// Counters for status pages and metrics.
     fn stats(&self) -> WalStats;
+    /// Bytes of records in live segments (not yet reclaimed); cheap, for the quota check.
+    fn live_bytes(&self) -> u64;
 }
 
 /// One record as read back from the log.
@@ -58,6 +62,8 @@ pub struct WalStats {
     pub pending_records: u64,
     /// Live segment trees.
     pub segments: u64,
+    /// Bytes of records in live segments: what the WAL quota limits.
+    pub live_bytes: u64,
     /// Records set aside because they failed their checksum.
     pub quarantined: u64,
     /// sled's own measure of its files.
@@ -87,6 +93,10 @@ pub struct SledLog {
     segments: RwLock<BTreeMap<u64, sled::Tree>>,
     /// Only the single writer thread appends; the mutex makes that explicit and cheap.
     writer: Mutex<WriterState>,
+    /// Bytes per live segment (the active one's grows with each append).
+    segment_sizes: Mutex<BTreeMap<u64, u64>>,
+    /// Sum of `segment_sizes`, read on every request for the quota.
+    live_bytes: AtomicU64,
     next_seq: AtomicU64,
     delivered_through: AtomicU64,
     quarantined: AtomicU64,
@@ -143,6 +153,17 @@ impl SledLog {
             }
         }
         let keys = KeyIndex::open(&db, options.idempotency_window_ms)?;
+        // Closed segments recorded their size; one that was active at a crash is scanned once
+        // (at most one segment's worth).
+        let mut segment_sizes = BTreeMap::new();
+        for (first, tree) in &segments {
+            let size = match meta.get(segment_bytes_key(*first))? {
+                Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),
+                _ => tree.iter().values().map(|v| v.map(|v| v.len() as u64)).sum::<Result<u64, _>>()?,
+            };
+            segment_sizes.insert(*first, size);
+        }
+        let live: u64 = segment_sizes.values().sum();
         let log = SledLog {
             keys,
             db,
@@ -151,6 +172,8 @@ impl SledLog {
             options,
             segments: RwLock::new(segments),
             writer: Mutex::new(WriterState { active_first_seq: 0, active_bytes: 0 }),
+            segment_sizes: Mutex::new(segment_sizes),
+            live_bytes: AtomicU64::new(live),
             next_seq: AtomicU64::new(last_seq + 1),
             delivered_through: AtomicU64::new(delivered),
             quarantined: AtomicU64::new(quarantine.len() as u64),
@@ -169,6 +192,15 @@ impl SledLog {
 
     fn roll_segment(&self, first_seq: u64) -> Result<(), WalError> {
         let mut w = self.writer.lock().expect("writer lock poisoned");
+        {
+            let mut sizes = self.segment_sizes.lock().expect("sizes lock poisoned");
+            if w.active_first_seq != 0 && w.active_first_seq != first_seq {
+                // Closing the active segment: remember its size for the next open.
+                self.meta.insert(segment_bytes_key(w.active_first_seq), &w.active_bytes.to_be_bytes())?;
+                sizes.insert(w.active_first_seq, w.active_bytes);
+            }
+            sizes.entry(first_seq).or_insert(0);
+        }
         let tree = self.db.open_tree(segment_name(first_seq))?;
         self.segments.write().expect("segments lock poisoned").insert(first_seq, tree);
         w.active_first_seq = first_seq;
@@ -192,6 +224,10 @@ impl SledLog {
         for first in doomed {
             self.segments.write().expect("segments lock poisoned").remove(&first);
             self.db.drop_tree(segment_name(first))?;
+            if let Some(size) = self.segment_sizes.lock().expect("sizes lock poisoned").remove(&first) {
+                self.live_bytes.fetch_sub(size, Ordering::AcqRel);
+            }
+            self.meta.remove(segment_bytes_key(first))?;
         }
         Ok(())
     }
@@ -223,9 +259,10 @@ impl LogStore for SledLog {
         let mut w = self.writer.lock().expect("writer lock poisoned");
         let tree = self.segments.read().expect("segments lock poisoned")[&w.active_first_seq].clone();
         let mut batch = sled::Batch::default();
+        let mut bytes = 0;
         for (i, frame) in frames.iter().enumerate() {
             batch.insert(&(first + i as u64).to_be_bytes(), frame.as_slice());
-            w.active_bytes += frame.len() as u64;
+            bytes += frame.len() as u64;
         }
         if keys.is_empty() {
             tree.apply_batch(batch)?;
@@ -249,12 +286,19 @@ impl LogStore for SledLog {
                     TransactionError::Abort(()) => WalError::Storage("the append transaction aborted".into()),
                 })?;
         }
+        w.active_bytes += bytes;
+        *self.segment_sizes.lock().expect("sizes lock poisoned").entry(w.active_first_seq).or_insert(0) += bytes;
+        self.live_bytes.fetch_add(bytes, Ordering::AcqRel);
         self.next_seq.store(first + frames.len() as u64, Ordering::Release);
         Ok(first)
     }
 
     fn lookup_key(&self, key: &[u8]) -> Result<Option<KeyRecord>, WalError> {
         self.keys.lookup(key, crate::now_ms())
+    }
+
+    fn live_bytes(&self) -> u64 {
+        self.live_bytes.load(Ordering::Acquire)
     }
 
     fn sync(&self) -> Result<(), WalError> {
@@ -316,6 +360,7 @@ impl LogStore for SledLog {
             delivered_through,
             pending_records: next_seq.saturating_sub(delivered_through + 1),
             segments: self.segments.read().expect("segments lock poisoned").len() as u64,
+            live_bytes: self.live_bytes.load(Ordering::Acquire),
             quarantined: self.quarantined.load(Ordering::Relaxed),
             disk_bytes: self.db.size_on_disk().unwrap_or_else(|e| {
                 warn!(error = %e, "Could not measure the WAL's size on disk.");
@@ -388,6 +433,12 @@ impl SledLog {
             })
             .collect()
     }
+}
+
+fn segment_bytes_key(first_seq: u64) -> Vec<u8> {
+    let mut key = SEGMENT_BYTES_PREFIX.to_vec();
+    key.extend_from_slice(&first_seq.to_be_bytes());
+    key
 }
 
 fn segment_name(first_seq: u64) -> Vec<u8> {

@@ -124,6 +124,9 @@ impl LogStore for CountingLog {
     fn stats(&self) -> WalStats {
         self.inner.stats()
     }
+    fn live_bytes(&self) -> u64 {
+        self.inner.live_bytes()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,4 +208,26 @@ fn idempotency_keys_survive_a_reopen_and_expire_after_the_window() {
     .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
     assert_eq!(log.lookup_key(b"abc").unwrap(), None);
+}
+
+#[test]
+fn live_bytes_follow_appends_and_reclamation_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = frame(1).len() as u64;
+    {
+        // Segments of one record each (they roll once they hold any bytes).
+        let log = open(dir.path(), 1);
+        for n in 1..=4 {
+            log.append(&[frame(n)], &[]).unwrap();
+        }
+        assert_eq!(log.live_bytes(), 4 * size);
+        log.ack_through(2).unwrap();
+        assert_eq!(log.live_bytes(), 2 * size, "two delivered segments reclaimed");
+        log.sync().unwrap();
+    }
+    let log = open(dir.path(), 1);
+    assert_eq!(log.live_bytes(), 2 * size, "sizes are known again after a reopen");
+    assert_eq!(log.stats().live_bytes, 2 * size);
+    log.ack_through(4).unwrap();
+    assert_eq!(log.live_bytes(), 0);
 }

@@ -1,0 +1,228 @@
+//! Broker outages, for real: each test starts its own single-node Kafka (the project's
+//! `scripts/kafka.sh` on free ports), stops it under load, and starts it again.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A Kafka of this test's own. Stopped and its data deleted on drop.
+struct OwnKafka {
+    port: u16,
+    controller_port: u16,
+}
+
+impl OwnKafka {
+    fn script(&self, action: &str) {
+        let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"))
+            .arg(action)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .env("KAFKA_HEAP", "512m")
+            .status()
+            .unwrap();
+        assert!(status.success(), "scripts/kafka.sh {action} failed");
+    }
+
+    fn start() -> Self {
+        let kafka = OwnKafka { port: free_port(), controller_port: free_port() };
+        kafka.script("start");
+        kafka
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnKafka {
+    fn drop(&mut self) {
+        self.script("reset");
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    acked: AtomicUsize,
+    unavailable: AtomicUsize,
+}
+
+/// Clients retrying each request with its `Idempotency-Key` until it is acknowledged (or the
+/// load stops), pausing `pace` after each; `pad` bytes of filler per request make the WAL grow
+/// faster.
+fn start_load(
+    port: u16,
+    clients: usize,
+    pace: Duration,
+    pad: usize,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+) -> Vec<tokio::task::JoinHandle<HashSet<String>>> {
+    (0..clients)
+        .map(|c| {
+            let (stop, counters) = (stop.clone(), counters.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+                let url = format!("http://127.0.0.1:{port}/collect");
+                let filler = "x".repeat(pad);
+                let mut acked = HashSet::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = format!("c{c}-{i}");
+                    i += 1;
+                    let body = format!(
+                        r#"{{"events":[{{"event_type":"{id}","event_time":1750867000000,"user_id":"u{c}"}}],"ctx":{{"browser":"b","device":"d","version":"1","pad":"{filler}"}}}}"#
+                    );
+                    loop {
+                        let sent = http
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .header("idempotency-key", &id)
+                            .body(body.clone())
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(r) if r.status() == 200 => {
+                                acked.insert(id.clone());
+                                counters.acked.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(pace).await;
+                                break;
+                            }
+                            Ok(r) if r.status() == 503 => {
+                                assert!(r.headers().contains_key("retry-after"), "503 without Retry-After");
+                                counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => panic!("unexpected status {}", r.status()),
+                            Err(_) => {}
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
+/// Counts event ids in `topic` with kcat (`read_committed`), waiting until all of `acked` are
+/// there, then asserts each is there exactly once.
+fn assert_exactly_once(brokers: &str, topic: &str, acked: &HashSet<String>, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let out = Command::new("kcat")
+            .args(["-b", brokers, "-C", "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%s\n"])
+            .args(["-X", "isolation.level=read_committed"])
+            .output()
+            .expect("kcat is needed by the outage tests");
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let id = v["event_type"].as_str().or_else(|| v["events"][0]["event_type"].as_str()).unwrap();
+            *counts.entry(id.to_string()).or_default() += 1;
+        }
+        let lost = acked.iter().filter(|id| !counts.contains_key(*id)).count();
+        if lost == 0 || Instant::now() > deadline {
+            let duplicated = counts.values().filter(|&&n| n > 1).count();
+            eprintln!("{what}: acknowledged {}, lost {lost}, duplicated {duplicated}", acked.len());
+            assert_eq!(lost, 0, "{what}: acknowledged events lost");
+            assert_eq!(duplicated, 0, "{what}: events duplicated");
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+async fn ready(c: &Collector) -> (u16, serde_json::Value) {
+    let r = reqwest::get(c.url("/readyz")).await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_down_for_thirty_seconds_under_load_loses_and_duplicates_nothing() {
+    let kafka = OwnKafka::start();
+    let topics = Topics::new(&kafka.brokers());
+    let wal = tempfile::tempdir().unwrap();
+    let c = Collector::start("run", wal.path(), 0, &topics.args("run"));
+    let (stop, counters) = (Arc::new(AtomicBool::new(false)), Arc::new(Counters::default()));
+    // Paced (about 2,000 requests/s in all): enough to prove the point, little enough that the
+    // backlog drains quickly on a 2-core CI machine.
+    let load = start_load(c.port(), 4, Duration::from_millis(2), 0, stop.clone(), counters.clone());
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kafka.script("stop");
+    let acked_at_outage = counters.acked.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let acked_during = counters.acked.load(Ordering::Relaxed) - acked_at_outage;
+    assert!(acked_during > 100, "ingest kept answering 200 during the outage ({acked_during} acknowledged)");
+    assert_eq!(ready(&c).await.0, 200, "an outage alone does not make the collector unready");
+    kafka.script("start");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = HashSet::new();
+    for l in load {
+        acked.extend(l.await.unwrap());
+    }
+    eprintln!("outage: {acked_during} requests acknowledged while the broker was down");
+    let (b, t) = (kafka.brokers(), topics.transformed.clone());
+    tokio::task::spawn_blocking(move || assert_exactly_once(&b, &t, &acked, "broker down 30 s")).await.unwrap();
+    drop(c);
+    drop(topics);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_wal_answers_503_then_recovers_by_itself_when_the_broker_returns() {
+    let kafka = OwnKafka::start();
+    let topics = Topics::new(&kafka.brokers());
+    let wal = tempfile::tempdir().unwrap();
+    let mut args = topics.args("serve");
+    args.extend(["--wal-segment-mib", "1", "--wal-max-mib", "4"].map(String::from));
+    let c = Collector::start("serve", wal.path(), 0, &args);
+    // Let the flusher create its topics and transactional producer first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kafka.script("stop");
+
+    let (stop, counters) = (Arc::new(AtomicBool::new(false)), Arc::new(Counters::default()));
+    let load = start_load(c.port(), 4, Duration::ZERO, 16 * 1024, stop.clone(), counters.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counters.unavailable.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the WAL never filled up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = ready(&c).await;
+    assert_eq!((status, body["reason"].as_str()), (503, Some("wal_full")));
+    let acked_when_full = counters.acked.load(Ordering::Relaxed);
+    eprintln!("quota: WAL full after {acked_when_full} acknowledged requests");
+
+    kafka.script("start");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ready(&c).await.0 != 200 {
+        assert!(Instant::now() < deadline, "the collector never became ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refusals = counters.unavailable.load(Ordering::Relaxed);
+    // Accepting again: more requests get through after the broker came back.
+    let resumed_from = counters.acked.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counters.acked.load(Ordering::Relaxed) < resumed_from + 50 {
+        assert!(Instant::now() < deadline, "requests were not accepted again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = HashSet::new();
+    for l in load {
+        acked.extend(l.await.unwrap());
+    }
+    eprintln!("quota: {refusals} requests answered 503 while full; {} acknowledged in all", acked.len());
+    let (b, t) = (kafka.brokers(), topics.raw.clone());
+    tokio::task::spawn_blocking(move || assert_exactly_once(&b, &t, &acked, "WAL quota")).await.unwrap();
+    drop(c);
+    drop(topics);
+}
