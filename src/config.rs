@@ -222,7 +222,8 @@ pub struct WalCmd {
 pub enum WalAction {
     /// Print positions, pending records, segments and size as JSON.
     Stats,
-    /// Read every pending record and check its checksum; exit 1 if any is corrupt.
+    /// Read every pending record and check its checksum, list ranges sled lost; exit 1 if any
+    /// record is corrupt or lost.
     Verify,
     /// List quarantined records (sequence number and size) as JSON lines.
     Quarantine,

@@ -13,6 +13,8 @@ pub const REQUESTS_DEDUPLICATED: &str = "collector_requests_deduplicated_total";
 pub const WAL_GROUP_COMMITS: &str = "collector_wal_group_commits_total";
 pub const WAL_GROUP_SIZE: &str = "collector_wal_group_commit_records";
 pub const WAL_QUARANTINED: &str = "collector_wal_quarantined_total";
+pub const WAL_LOST: &str = "collector_wal_lost_records_total";
+pub const WAL_SET_ASIDE: &str = "collector_wal_set_aside_total";
 pub const WAL_PENDING: &str = "collector_wal_pending_records";
 pub const WAL_DISK_BYTES: &str = "collector_wal_disk_bytes";
 pub const FLUSH_DELIVERED: &str = "collector_flush_delivered_records_total";
@@ -57,6 +59,14 @@ pub fn wal_group_committed(records: usize) {
 
 pub fn wal_record_quarantined() {
     counter!(WAL_QUARANTINED).increment(1);
+}
+
+pub fn wal_records_lost(records: u64) {
+    counter!(WAL_LOST).increment(records);
+}
+
+pub fn wal_set_aside() {
+    counter!(WAL_SET_ASIDE).increment(1);
 }
 
 pub fn wal_levels(pending: u64, disk_bytes: u64) {

@@ -23,7 +23,7 @@ pub fn run(cmd: &WalCmd) -> Result<ExitCode> {
         WalAction::Verify => {
             let report = log.verify()?;
             println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(if report.corrupt.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.corrupt.is_empty() && report.lost.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         WalAction::Quarantine => {
             for (seq, bytes) in log.quarantined()? {

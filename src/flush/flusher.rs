@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::backoff::Backoff;
 use super::sink::{Delivery, Sink};
@@ -215,7 +215,7 @@ impl Flusher {
             };
             let Some(last) = records.last().map(|r| r.seq) else {
                 // Nothing stored in [next, upto]: sequence numbers of a failed group commit.
-                warn!(from = next, to = upto, "No WAL records in a durable range; skipping it.");
+                debug!(from = next, to = upto, "No WAL records in a durable range (a failed group commit, or numbers skipped after a loss); moving on.");
                 next = upto + 1;
                 continue;
             };

@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 
 use super::idempotency::{self, IdempotencyKey, KeyIndex, KeyRecord};
 use super::record::{self, FrameError};
+use super::sequence::SequenceFile;
 use super::WalError;
 
 const META_TREE: &[u8] = b"meta";
@@ -18,6 +19,11 @@ const QUARANTINE_TREE: &[u8] = b"quarantine";
 const SEGMENT_PREFIX: &[u8] = b"seg/";
 const DELIVERED_KEY: &[u8] = b"delivered_through";
 const NODE_ID_KEY: &[u8] = b"node_id";
+/// `lost/<first u64 BE>` → last u64 BE: a range of durable records sled no longer had at open.
+const LOST_PREFIX: &[u8] = b"lost/";
+/// The sled database inside the WAL directory; beside it lives the sequence file.
+const SLED_DIR: &str = "sled";
+const SEQUENCE_FILE: &str = "sequence";
 /// `segbytes/<first_seq u64 BE>` → bytes of a closed segment, so opening needs no scan.
 const SEGMENT_BYTES_PREFIX: &[u8] = b"segbytes/";
 
@@ -66,6 +72,9 @@ pub struct WalStats {
     pub live_bytes: u64,
     /// Records set aside because they failed their checksum.
     pub quarantined: u64,
+    /// Durable records that sled no longer had when the WAL was opened (torn or corrupt log),
+    /// over the WAL's life; the ranges are in `collector wal verify`.
+    pub lost_records: u64,
     /// sled's own measure of its files.
     pub disk_bytes: u64,
 }
@@ -97,6 +106,11 @@ pub struct SledLog {
     segment_sizes: Mutex<BTreeMap<u64, u64>>,
     /// Sum of `segment_sizes`, read on every request for the quota.
     live_bytes: AtomicU64,
+    /// Guarantees sequence numbers are never reused (see `sequence.rs`).
+    sequence: Mutex<SequenceFile>,
+    lost_records: u64,
+    /// Sequence numbers skipped at this open after a loss (first, last): they hold no records.
+    gap: Option<(u64, u64)>,
     next_seq: AtomicU64,
     delivered_through: AtomicU64,
     quarantined: AtomicU64,
@@ -121,12 +135,9 @@ impl SledLog {
         if options.segment_bytes == 0 {
             return Err(WalError::Config("segment size must be above zero".into()));
         }
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(options.cache_bytes)
-            // We fsync explicitly at every group commit; the background flush is only a backstop.
-            .flush_every_ms(Some(1000))
-            .open()?;
+        std::fs::create_dir_all(dir).map_err(|e| WalError::Storage(format!("creating {}: {e}", dir.display())))?;
+        let (sequence, floor) = SequenceFile::open(&dir.join(SEQUENCE_FILE))?;
+        let db = open_or_set_aside(&dir.join(SLED_DIR), options.cache_bytes)?;
         let meta = db.open_tree(META_TREE)?;
         let quarantine = db.open_tree(QUARANTINE_TREE)?;
         let delivered = match meta.get(DELIVERED_KEY)? {
@@ -152,6 +163,30 @@ impl SledLog {
                 break;
             }
         }
+        // Sequence numbers continue above anything ever reserved, so none is ever reused even if
+        // sled lost its tail; durable records sled no longer has are reported, never ignored.
+        if floor.last_durable > last_seq {
+            let (from, to) = (last_seq + 1, floor.last_durable);
+            error!(
+                from,
+                to,
+                "The WAL lost durable records: sled truncated its log (torn write or corruption). They are reported, not recoverable; in exactly-once mode those already committed to Kafka are skipped."
+            );
+            meta.insert(lost_key(from), &to.to_be_bytes())?;
+            crate::telemetry::wal_records_lost(to - from + 1);
+        }
+        let lost_records = meta
+            .scan_prefix(LOST_PREFIX)
+            .map(|item| {
+                let (k, v) = item?;
+                let from = key_to_seq(&k[LOST_PREFIX.len()..])?;
+                Ok(key_to_seq(&v)?.saturating_sub(from) + 1)
+            })
+            .sum::<Result<u64, WalError>>()?;
+        // After a loss, continue above every number ever handed out: some of the lost ones may
+        // have been acknowledged, or committed to Kafka. Otherwise stay dense.
+        let gap = (floor.last_durable > last_seq).then(|| (last_seq + 1, last_seq.max(floor.reserved_through)));
+        let last_seq = gap.map_or(last_seq, |(_, to)| to);
         let keys = KeyIndex::open(&db, options.idempotency_window_ms)?;
         // Closed segments recorded their size; one that was active at a crash is scanned once
         // (at most one segment's worth).
@@ -173,6 +208,9 @@ impl SledLog {
             segments: RwLock::new(segments),
             writer: Mutex::new(WriterState { active_first_seq: 0, active_bytes: 0 }),
             segment_sizes: Mutex::new(segment_sizes),
+            sequence: Mutex::new(sequence),
+            lost_records,
+            gap,
             live_bytes: AtomicU64::new(live),
             next_seq: AtomicU64::new(last_seq + 1),
             delivered_through: AtomicU64::new(delivered),
@@ -256,6 +294,8 @@ impl LogStore for SledLog {
         if roll {
             self.roll_segment(first)?;
         }
+        // Reserve before writing: no record may carry a number the sequence file does not cover.
+        self.sequence.lock().expect("sequence lock poisoned").reserve(first + frames.len() as u64 - 1)?;
         let mut w = self.writer.lock().expect("writer lock poisoned");
         let tree = self.segments.read().expect("segments lock poisoned")[&w.active_first_seq].clone();
         let mut batch = sled::Batch::default();
@@ -303,7 +343,8 @@ impl LogStore for SledLog {
 
     fn sync(&self) -> Result<(), WalError> {
         self.db.flush()?;
-        Ok(())
+        let durable = self.next_seq.load(Ordering::Acquire) - 1;
+        self.sequence.lock().expect("sequence lock poisoned").durable(durable)
     }
 
     fn read(&self, from: u64, upto: u64, max_records: usize, max_bytes: usize) -> Result<Vec<ReadRecord>, WalError> {
@@ -355,13 +396,22 @@ impl LogStore for SledLog {
     fn stats(&self) -> WalStats {
         let next_seq = self.next_seq.load(Ordering::Acquire);
         let delivered_through = self.delivered_through.load(Ordering::Acquire);
+        let skipped = self.gap.map_or(0, |(from, to)| {
+            let (lo, hi) = (from.max(delivered_through + 1), to.min(next_seq - 1));
+            if hi >= lo {
+                hi - lo + 1
+            } else {
+                0
+            }
+        });
         WalStats {
             next_seq,
             delivered_through,
-            pending_records: next_seq.saturating_sub(delivered_through + 1),
+            pending_records: next_seq.saturating_sub(delivered_through + 1) - skipped,
             segments: self.segments.read().expect("segments lock poisoned").len() as u64,
             live_bytes: self.live_bytes.load(Ordering::Acquire),
             quarantined: self.quarantined.load(Ordering::Relaxed),
+            lost_records: self.lost_records,
             disk_bytes: self.db.size_on_disk().unwrap_or_else(|e| {
                 warn!(error = %e, "Could not measure the WAL's size on disk.");
                 0
@@ -400,6 +450,8 @@ pub struct VerifyReport {
     pub ok: u64,
     /// Pending records that fail their checksum: sequence number and reason.
     pub corrupt: Vec<(u64, String)>,
+    /// Ranges of durable records sled no longer had at some open (first, last).
+    pub lost: Vec<(u64, u64)>,
 }
 
 impl SledLog {
@@ -420,7 +472,15 @@ impl SledLog {
                 }
             }
         }
-        Ok(VerifyReport { stats, ok, corrupt })
+        let lost = self
+            .meta
+            .scan_prefix(LOST_PREFIX)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((key_to_seq(&k[LOST_PREFIX.len()..])?, key_to_seq(&v)?))
+            })
+            .collect::<Result<Vec<_>, WalError>>()?;
+        Ok(VerifyReport { stats, ok, corrupt, lost })
     }
 
     /// Every quarantined record: sequence number and the raw stored bytes.
@@ -433,6 +493,45 @@ impl SledLog {
             })
             .collect()
     }
+}
+
+/// Opens sled at `path`. If sled cannot open it (its own files are damaged beyond its recovery),
+/// the directory is renamed to `<path>.corrupt-<ms>` for inspection and a fresh one is started:
+/// the service must start, and the sequence file keeps numbers from being reused.
+fn open_or_set_aside(path: &Path, cache_bytes: u64) -> Result<sled::Db, WalError> {
+    let open = || {
+        sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            // We fsync explicitly at every group commit; the background flush is only a backstop.
+            .flush_every_ms(Some(1000))
+            .open()
+    };
+    match open() {
+        Ok(db) => Ok(db),
+        Err(sled::Error::Io(e)) if e.kind() != std::io::ErrorKind::InvalidData => {
+            Err(WalError::Storage(format!("opening {}: {e}", path.display())))
+        }
+        Err(e) => {
+            let aside = path.with_extension(format!("corrupt-{}", crate::now_ms()));
+            error!(
+                path = %path.display(),
+                aside = %aside.display(),
+                error = %e,
+                "sled cannot open the WAL; setting it aside and starting an empty one. Its records are not delivered; inspect it with `collector wal verify`."
+            );
+            crate::telemetry::wal_set_aside();
+            std::fs::rename(path, &aside)
+                .map_err(|e| WalError::Storage(format!("setting aside {}: {e}", path.display())))?;
+            Ok(open()?)
+        }
+    }
+}
+
+fn lost_key(from: u64) -> Vec<u8> {
+    let mut key = LOST_PREFIX.to_vec();
+    key.extend_from_slice(&from.to_be_bytes());
+    key
 }
 
 fn segment_bytes_key(first_seq: u64) -> Vec<u8> {

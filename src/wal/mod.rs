@@ -14,19 +14,27 @@
 //! space under queue-like insert-then-remove (sled #1333), so records are never removed one by
 //! one: they live in *segment trees* that are dropped whole.
 //!
+//! **Directory.** `<wal-dir>/sled/` is the sled database; `<wal-dir>/sequence` is the sequence
+//! file (see [`sequence`]-module docs: the highest number ever reserved, fsynced once per
+//! million, and the last durable one); `<wal-dir>/sled.corrupt-<ms>/` is a sled directory sled
+//! refused to open, set aside for inspection.
+//!
 //! **Trees.**
 //! - `seg/<first_seq: u64 BE>` — one per segment; key = sequence number as `u64` big-endian
 //!   (so sled's byte order is sequence order), value = a framed record (see [`record`]).
 //!   The segment with the highest `first_seq` is active; it rolls over after
 //!   `segment_bytes` of records, and a fresh one is started at every open.
-//! - `meta` — `delivered_through` → `u64` BE: every record up to it was confirmed by Kafka.
+//! - `meta` — `delivered_through` → `u64` BE: every record up to it was confirmed by Kafka;
+//!   `node_id` → this WAL's generated node id; `segbytes/<first>` → size of a closed segment;
+//!   `lost/<first>` → last: a range of durable records sled no longer had at some open.
 //! - `quarantine` — `u64` BE sequence → the raw bytes of a record that failed its checksum.
 //! - `idem/<bucket: u64 BE>` — idempotency keys → `seq | body fingerprint | stored_at_ms`,
 //!   bucketed by time window and dropped whole (see [`idempotency`]); each key is written in one
 //!   sled transaction with its record.
 //!
-//! **Sequence numbers** start at 1, are consecutive and never reused: after a restart the next
-//! one follows the highest key found.
+//! **Sequence numbers** start at 1 and are never reused. After a clean restart the next one
+//! follows the highest key found; after a detected loss it jumps above everything the sequence
+//! file ever reserved, since lost numbers may have been acknowledged or committed to Kafka.
 //!
 //! **Framing.** `[version u8][crc32 u32 BE][received_at_ms u64 BE][client_len u16 BE][client][payload]`,
 //! the CRC covering everything after itself ([`record`]). Checked on every read.
@@ -38,10 +46,15 @@
 //! returned, and the last flushed watermark. Records written but not yet fsynced may or may
 //! not survive; their clients never got a 2xx.
 //!
-//! **Recovery** (a named policy: *resume and set aside*): on open, read the watermark, drop
-//! segments wholly at or below it, continue sequence numbers after the highest key. A record
-//! that fails its checksum when read is copied to `quarantine`, logged, counted in the
-//! `collector_wal_quarantined_total` metric and skipped; it never stops the service.
+//! **Recovery** (a named policy: *resume, set aside, report*): on open, read the watermark, drop
+//! segments wholly at or below it, continue sequence numbers as above. A record that fails its
+//! checksum when read is copied to `quarantine`, logged, counted
+//! (`collector_wal_quarantined_total`) and skipped. sled itself recovers a torn or corrupt log
+//! by truncating it at the first bad message, silently, and a flipped byte early in its log
+//! loses everything after it: the sequence file's `last_durable` exposes that, and the missing
+//! range is logged, counted (`collector_wal_lost_records_total`), stored under `lost/` and
+//! listed by `collector wal verify`. If sled refuses to open at all, its directory is set aside
+//! and an empty one started. None of this ever stops the service from starting.
 //!
 //! **Reclamation.** After Kafka confirms a batch, the flusher calls `ack_through(seq)`: the
 //! watermark is written and fsynced, then every non-active segment whose records are all
@@ -51,6 +64,7 @@ mod error;
 pub mod idempotency;
 mod log;
 pub mod record;
+mod sequence;
 mod writer;
 
 pub use error::WalError;
