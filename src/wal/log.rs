@@ -188,8 +188,8 @@ impl SledLog {
         let gap = (floor.last_durable > last_seq).then(|| (last_seq + 1, last_seq.max(floor.reserved_through)));
         let last_seq = gap.map_or(last_seq, |(_, to)| to);
         let keys = KeyIndex::open(&db, options.idempotency_window_ms)?;
-        // Closed segments recorded their size; one that was active at a crash is scanned once
-        // (at most one segment's worth).
+        // Every segment's size is in `meta` (written with each append); a segment without one
+        // (written by an older version) is scanned once.
         let mut segment_sizes = BTreeMap::new();
         for (first, tree) in &segments {
             let size = match meta.get(segment_bytes_key(*first))? {
@@ -233,8 +233,6 @@ impl SledLog {
         {
             let mut sizes = self.segment_sizes.lock().expect("sizes lock poisoned");
             if w.active_first_seq != 0 && w.active_first_seq != first_seq {
-                // Closing the active segment: remember its size for the next open.
-                self.meta.insert(segment_bytes_key(w.active_first_seq), &w.active_bytes.to_be_bytes())?;
                 sizes.insert(w.active_first_seq, w.active_bytes);
             }
             sizes.entry(first_seq).or_insert(0);
@@ -328,6 +326,9 @@ impl LogStore for SledLog {
         }
         w.active_bytes += bytes;
         *self.segment_sizes.lock().expect("sizes lock poisoned").entry(w.active_first_seq).or_insert(0) += bytes;
+        // Kept current (made durable by the same fsync as the records), so opening never has
+        // to scan a segment to learn its size, however large the backlog.
+        self.meta.insert(segment_bytes_key(w.active_first_seq), &w.active_bytes.to_be_bytes())?;
         self.live_bytes.fetch_add(bytes, Ordering::AcqRel);
         self.next_seq.store(first + frames.len() as u64, Ordering::Release);
         Ok(first)

@@ -247,3 +247,52 @@ pub fn event_body(id: &str, user: &str) -> String {
         r#"{{"events":[{{"event_type":"{id}","event_time":1750867000000,"user_id":"{user}"}}],"ctx":{{"browser":"Firefox","device":"Desktop","version":"126.0"}}}}"#
     )
 }
+
+/// Reads `topic` completely with kcat (`isolation.level=read_committed`), the independent
+/// reader of the crash tests, and counts event ids: the `event_type` of a row, or of the first
+/// event of a raw request.
+pub fn kcat_ids(brokers: &str, topic: &str) -> HashMap<String, usize> {
+    let out = Command::new("kcat")
+        .args(["-b", brokers, "-C", "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%s\n"])
+        .args(["-X", "isolation.level=read_committed"])
+        .output()
+        .expect("kcat is needed by the crash tests (apt-get install kcat; .ci/run installs it)");
+    assert!(out.status.success(), "kcat failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut counts = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad message {line:?}: {e}"));
+        let id = v["event_type"].as_str().or_else(|| v["events"][0]["event_type"].as_str()).unwrap();
+        *counts.entry(id.to_string()).or_default() += 1;
+    }
+    counts
+}
+
+/// Waits (up to `patience`) until every id in `acked` is in `topic`, then asserts each is there
+/// exactly once. Returns how many messages were read.
+pub fn assert_exactly_once(
+    brokers: &str,
+    topic: &str,
+    acked: &std::collections::HashSet<String>,
+    patience: Duration,
+    what: &str,
+) -> usize {
+    let deadline = Instant::now() + patience;
+    loop {
+        let counts = kcat_ids(brokers, topic);
+        let lost: Vec<&String> = acked.iter().filter(|id| !counts.contains_key(*id)).collect();
+        if lost.is_empty() || Instant::now() > deadline {
+            let duplicated: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
+            let read: usize = counts.values().sum();
+            eprintln!(
+                "{what}: acknowledged {}, messages read {read}, lost {}, duplicated {}",
+                acked.len(),
+                lost.len(),
+                duplicated.len()
+            );
+            assert!(lost.is_empty(), "{what}: acknowledged events missing: {:?}", &lost[..lost.len().min(20)]);
+            assert!(duplicated.is_empty(), "{what}: duplicated: {:?}", &duplicated[..duplicated.len().min(20)]);
+            return read;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
