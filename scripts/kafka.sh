@@ -187,7 +187,7 @@ case "${1:-}" in
   stop) stop ;;
   status) port_open "$PORT" && say "a broker answers on 127.0.0.1:$PORT" ;;
   fetch) fetch ;;
-  reset) stop; rm -rf "$DATA"; say "deleted $DATA" ;;
+  reset) stop; rm -rf "$DATA" "$LOG" "$PROPS"; say "deleted $DATA" ;;
   *)
     sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     exit 2

@@ -15,7 +15,7 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::flush::{FlushOptions, FlushStatus, Flusher};
 use crate::ingest::{self, IngestState, ServerOptions};
@@ -141,10 +141,14 @@ impl Pipeline {
             let deadline = Instant::now() + config.drain_timeout;
             info!(timeout_ms = config.drain_timeout.as_millis() as u64, "Delivering the WAL to Kafka before exit.");
             let _ = drain_tx.send(Some(deadline));
-            let flushed = join_thread(flusher).await;
+            // The flusher checks the deadline between Kafka calls, but one call (a transaction
+            // commit while Kafka is away) can block longer. Exiting anyway is safe: what was not
+            // acknowledged stays in the WAL, and the next start fences this producer and resumes
+            // from Kafka's committed position.
+            let flushed = bounded(join_thread(flusher), config.drain_timeout + STAGE_EXIT_GRACE, "flusher").await;
             let _ = stop_tx.send(true);
             let transformed = match worker {
-                Some(w) => join_thread(w).await,
+                Some(w) => bounded(join_thread(w), STAGE_EXIT_GRACE, "transform worker").await,
                 None => Ok(()),
             };
             flushed.and(transformed)
@@ -189,7 +193,25 @@ pub async fn run_transform(
     shutdown.await;
     info!("Shutting down the transform worker.");
     let _ = stop_tx.send(true);
-    join_thread(worker).await
+    bounded(join_thread(worker), STAGE_EXIT_GRACE + Duration::from_secs(5), "transform worker").await
+}
+
+/// How long a stage may take to stop after its deadline (or its stop signal).
+const STAGE_EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits for a stage to stop, but not past `limit`.
+async fn bounded(
+    stage: impl std::future::Future<Output = Result<(), AppError>>,
+    limit: Duration,
+    name: &str,
+) -> Result<(), AppError> {
+    match tokio::time::timeout(limit, stage).await {
+        Ok(result) => result,
+        Err(_) => {
+            warn!(stage = name, limit_ms = limit.as_millis() as u64, "A stage did not stop in time (a Kafka call is blocking); exiting anyway. Nothing is lost: the WAL and Kafka transactions resume on the next start.");
+            Ok(())
+        }
+    }
 }
 
 async fn join_thread(handle: std::thread::JoinHandle<Result<(), KafkaStageError>>) -> Result<(), AppError> {

@@ -33,7 +33,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => {
                 let config = args.serve.pipeline(Some(&args.transform)).context("invalid configuration")?;
@@ -54,7 +54,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Command::Wal(_) => unreachable!("handled above"),
         }
-    })
+    });
+    // A stage thread may still be blocked in a Kafka call past its deadline (the pipeline
+    // already gave up on it, safely); do not let the runtime wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
 async fn serve(config: app::PipelineConfig) -> Result<ExitCode> {

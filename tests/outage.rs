@@ -204,3 +204,42 @@ async fn a_full_wal_answers_503_then_recovers_by_itself_when_the_broker_returns(
     drop(c);
     drop(topics);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_broker_down_exits_by_the_drain_deadline_and_loses_nothing() {
+    let kafka = OwnKafka::start();
+    let topics = Topics::new(&kafka.brokers());
+    let wal = tempfile::tempdir().unwrap();
+    let mut args = topics.args("serve");
+    // A transaction may block for up to two minutes; the drain deadline is one second.
+    args.extend(["--transaction-timeout-ms", "120000", "--drain-timeout-ms", "1000"].map(String::from));
+    let c = Collector::start("serve", wal.path(), 0, &args);
+    let (stop, counters) = (Arc::new(AtomicBool::new(false)), Arc::new(Counters::default()));
+    let load = start_load(c.port(), 2, Duration::from_millis(1), 0, stop.clone(), counters.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    kafka.script("stop");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = HashSet::new();
+    for l in load {
+        acked.extend(l.await.unwrap());
+    }
+
+    let t0 = Instant::now();
+    let status = tokio::task::spawn_blocking(move || c.terminate()).await.unwrap();
+    let took = t0.elapsed();
+    eprintln!("drain with the broker down: exited {status:?} after {took:?}");
+    assert!(status.success());
+    assert!(took < Duration::from_secs(60), "shutdown waited for Kafka instead of honouring the drain deadline");
+
+    kafka.script("start");
+    let c = Collector::start("serve", wal.path(), 0, &topics.args("serve"));
+    let (b, t) = (kafka.brokers(), topics.raw.clone());
+    tokio::task::spawn_blocking(move || {
+        assert_exactly_once(&b, &t, &acked, Duration::from_secs(120), "drain deadline, broker down")
+    })
+    .await
+    .unwrap();
+    drop(c);
+    drop(topics);
+}
