@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# What exactly-once costs compared with at-least-once, measured in one run on one machine:
+# the same WAL backlog (RECORDS pending one-event requests, default 500,000) drained by
+# `collector run` in each mode into fresh topics. Reports the flusher's drain rate (WAL →
+# collect-topic1) and the end-to-end rate (WAL → rows on collect-topic2, counted with kcat,
+# read_committed), and the ratio. The at-least-once run is the baseline of the same run: on
+# shared machines absolute numbers drift, ratios hold.
+#
+#   loadtest/guarantee_cost.sh
+#   RECORDS=100000 loadtest/guarantee_cost.sh
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+RECORDS="${RECORDS:-500000}"
+BROKERS="127.0.0.1:${KAFKA_PORT:-9092}"
+LISTEN="127.0.0.1:${LISTEN_PORT:-18081}"
+WORK="$(mktemp -d)"
+started_kafka=0
+cleanup() {
+  kill -9 "${pid:-}" 2>/dev/null || true
+  rm -rf "$WORK"
+  if [[ $started_kafka == 1 ]]; then scripts/kafka.sh stop; fi
+}
+trap cleanup EXIT
+if ! scripts/kafka.sh status 2>/dev/null; then scripts/kafka.sh start; started_kafka=1; fi
+cargo build --release --bin collector --example wal_fill >&2
+
+ms() { date +%s%3N; }
+pending() { curl -s -H 'Accept: application/json' "http://$LISTEN/" | sed -n 's/.*"pending_records":\([0-9]*\).*/\1/p'; }
+rows() { kcat -b "$BROKERS" -C -t "$1" -X isolation.level=read_committed -o beginning -e -q -f '\n' | wc -l; }
+
+declare -A flush_rate e2e_rate
+for mode in at-least-once exactly-once; do
+  id="cost-$mode-$(date +%s)"
+  rm -rf "$WORK/wal"
+  target/release/examples/wal_fill --dir "$WORK/wal" --records "$RECORDS"
+  t0=$(ms)
+  target/release/collector run --listen "$LISTEN" --wal-dir "$WORK/wal" --brokers "$BROKERS" \
+    --raw-topic "$id-raw" --transformed-topic "$id-rows" --dead-letter-topic "$id-dlq" \
+    --group-id "$id" --node-id "$id" --delivery-guarantee "$mode" --log warn 2>>"$WORK/collector.log" &
+  pid=$!
+  until [[ "$(pending 2>/dev/null)" == 0 ]]; do sleep 0.1; done
+  flush_ms=$(( $(ms) - t0 ))
+  until [[ "$(rows "$id-rows")" -ge "$RECORDS" ]]; do sleep 1; done
+  e2e_ms=$(( $(ms) - t0 ))
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  flush_rate[$mode]=$(( RECORDS * 1000 / flush_ms ))
+  e2e_rate[$mode]=$(( RECORDS * 1000 / e2e_ms ))
+  echo "$mode: $RECORDS records; WAL drained in ${flush_ms} ms (${flush_rate[$mode]} records/s); all rows on collect-topic2 after ${e2e_ms} ms (${e2e_rate[$mode]} rows/s)"
+done
+awk -v a="${flush_rate[exactly-once]}" -v b="${flush_rate[at-least-once]}" -v c="${e2e_rate[exactly-once]}" -v d="${e2e_rate[at-least-once]}" \
+  'BEGIN { printf "exactly-once / at-least-once: flush %.2f, end to end %.2f\n", a / b, c / d }'
