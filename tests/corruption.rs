@@ -4,12 +4,15 @@
 //! intact, quarantined (its checksum failed), or inside a reported lost range (sled truncated
 //! its log at damage it found) — never silently gone; and sequence numbers are never reused.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
 use collector::wal::record::{self, Entry};
 use collector::wal::{LogOptions, LogStore, SledLog};
+use common::copy_dir;
 
 const RECORDS: u64 = 100;
 
@@ -130,17 +133,4 @@ fn wal_verify_reports_lost_ranges_and_fails() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!report["lost"].as_array().unwrap().is_empty(), "{report}");
     assert!(report["stats"]["lost_records"].as_u64().unwrap() > 0);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,75 +35,15 @@ impl Rng {
     }
 }
 
-/// Outcome of the load: which event ids were acknowledged, which attempted.
-#[derive(Default)]
-struct Load {
-    acked: HashSet<String>,
-    attempted: usize,
-    /// Requests sent again (same key) after an error or a cut-off answer.
-    retries: usize,
-}
-
-/// Clients sending one-event requests as fast as the collector answers, until `stop`.
-fn start_load(port: u16, clients: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Load>> {
-    (0..clients)
-        .map(|c| {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-                let url = format!("http://127.0.0.1:{port}/collect");
-                let mut load = Load::default();
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let id = format!("c{c}-{i}");
-                    i += 1;
-                    load.attempted += 1;
-                    let body = event_body(&id, &format!("user-{c}"));
-                    // Retry until acknowledged; give up only once the test stops the load.
-                    loop {
-                        let sent = http
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .header("idempotency-key", &id)
-                            .body(body.clone())
-                            .send()
-                            .await;
-                        match sent {
-                            Ok(r) if r.status() == 200 => {
-                                load.acked.insert(id.clone());
-                                break;
-                            }
-                            _ if stop.load(Ordering::Relaxed) => break,
-                            _ => {
-                                load.retries += 1;
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                        }
-                    }
-                }
-                load
-            })
-        })
-        .collect()
-}
-
-async fn finish_load(workers: Vec<tokio::task::JoinHandle<Load>>) -> Load {
-    let mut total = Load::default();
-    for w in workers {
-        let l = w.await.unwrap();
-        total.attempted += l.attempted;
-        total.retries += l.retries;
-        total.acked.extend(l.acked);
-    }
-    total
-}
-
 /// Waits for every acknowledged id, then checks the exactly-once property.
-fn verify_exactly_once(brokers: &str, topic: &str, load: &Load, what: &str) {
+fn verify_exactly_once(brokers: &str, topic: &str, load: &LoadOutcome, what: &str) {
     eprintln!("{what}: events attempted {}, retries {}", load.attempted, load.retries);
     assert!(load.acked.len() > 100, "too little load got through to prove anything");
     assert_exactly_once(brokers, topic, &load.acked, Duration::from_secs(90), what);
 }
+
+/// Four clients sending as fast as the collector answers.
+const SHAPE: LoadShape = LoadShape { clients: 4, pace: Duration::ZERO, pad: 0 };
 
 fn transform_args(topics: &Topics, node: &str) -> Vec<String> {
     let mut args = topics.args("transform");
@@ -135,7 +74,7 @@ async fn the_collector_killed_ten_times_under_load_loses_and_duplicates_nothing(
     let mut serve = Some(serve);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let load = start_load(port, 4, stop.clone());
+    let load = start_load(port, SHAPE, stop.clone(), Arc::default());
     for kill in 1..=10 {
         tokio::time::sleep(Duration::from_millis(rng.between(200, 1200))).await;
         serve.take().unwrap().kill9();
@@ -170,7 +109,7 @@ async fn the_transform_worker_killed_ten_times_under_load_loses_and_duplicates_n
     let mut transform = start_transform(&topics, &node);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let load = start_load(serve.port(), 4, stop.clone());
+    let load = start_load(serve.port(), SHAPE, stop.clone(), Arc::default());
     for kill in 1..=10 {
         tokio::time::sleep(Duration::from_millis(rng.between(500, 2000))).await;
         transform.kill().unwrap();

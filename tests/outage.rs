@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,72 +45,6 @@ impl Drop for OwnKafka {
     }
 }
 
-#[derive(Default)]
-struct Counters {
-    acked: AtomicUsize,
-    unavailable: AtomicUsize,
-}
-
-/// Clients retrying each request with its `Idempotency-Key` until it is acknowledged (or the
-/// load stops), pausing `pace` after each; `pad` bytes of filler per request make the WAL grow
-/// faster.
-fn start_load(
-    port: u16,
-    clients: usize,
-    pace: Duration,
-    pad: usize,
-    stop: Arc<AtomicBool>,
-    counters: Arc<Counters>,
-) -> Vec<tokio::task::JoinHandle<HashSet<String>>> {
-    (0..clients)
-        .map(|c| {
-            let (stop, counters) = (stop.clone(), counters.clone());
-            tokio::spawn(async move {
-                let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-                let url = format!("http://127.0.0.1:{port}/collect");
-                let filler = "x".repeat(pad);
-                let mut acked = HashSet::new();
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let id = format!("c{c}-{i}");
-                    i += 1;
-                    let body = format!(
-                        r#"{{"events":[{{"event_type":"{id}","event_time":1750867000000,"user_id":"u{c}"}}],"ctx":{{"browser":"b","device":"d","version":"1","pad":"{filler}"}}}}"#
-                    );
-                    loop {
-                        let sent = http
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .header("idempotency-key", &id)
-                            .body(body.clone())
-                            .send()
-                            .await;
-                        match sent {
-                            Ok(r) if r.status() == 200 => {
-                                acked.insert(id.clone());
-                                counters.acked.fetch_add(1, Ordering::Relaxed);
-                                tokio::time::sleep(pace).await;
-                                break;
-                            }
-                            Ok(r) if r.status() == 503 => {
-                                assert!(r.headers().contains_key("retry-after"), "503 without Retry-After");
-                                counters.unavailable.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(r) => panic!("unexpected status {}", r.status()),
-                            Err(_) => {}
-                        }
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-                acked
-            })
-        })
-        .collect()
-}
-
 async fn ready(c: &Collector) -> (u16, serde_json::Value) {
     let r = reqwest::get(c.url("/readyz")).await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
@@ -123,10 +56,15 @@ async fn the_broker_down_for_thirty_seconds_under_load_loses_and_duplicates_noth
     let topics = Topics::new(&kafka.brokers());
     let wal = tempfile::tempdir().unwrap();
     let c = Collector::start("run", wal.path(), 0, &topics.args("run"));
-    let (stop, counters) = (Arc::new(AtomicBool::new(false)), Arc::new(Counters::default()));
+    let (stop, counters) = (Arc::new(AtomicBool::new(false)), Arc::new(LoadCounters::default()));
     // Paced (about 2,000 requests/s in all): enough to prove the point, little enough that the
     // backlog drains quickly on a 2-core CI machine.
-    let load = start_load(c.port(), 4, Duration::from_millis(2), 0, stop.clone(), counters.clone());
+    let load = start_load(
+        c.port(),
+        LoadShape { clients: 4, pace: Duration::from_millis(2), pad: 0 },
+        stop.clone(),
+        counters.clone(),
+    );
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     kafka.script("stop");
@@ -138,10 +76,7 @@ async fn the_broker_down_for_thirty_seconds_under_load_loses_and_duplicates_noth
     kafka.script("start");
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut acked = HashSet::new();
-    for l in load {
-        acked.extend(l.await.unwrap());
-    }
+    let acked = finish_load(load).await.acked;
     eprintln!("outage: {acked_during} requests acknowledged while the broker was down");
     let (b, t) = (kafka.brokers(), topics.transformed.clone());
     tokio::task::spawn_blocking(move || {
@@ -165,8 +100,13 @@ async fn a_full_wal_answers_503_then_recovers_by_itself_when_the_broker_returns(
     tokio::time::sleep(Duration::from_secs(3)).await;
     kafka.script("stop");
 
-    let (stop, counters) = (Arc::new(AtomicBool::new(false)), Arc::new(Counters::default()));
-    let load = start_load(c.port(), 4, Duration::ZERO, 16 * 1024, stop.clone(), counters.clone());
+    let (stop, counters) = (Arc::new(AtomicBool::new(false)), Arc::new(LoadCounters::default()));
+    let load = start_load(
+        c.port(),
+        LoadShape { clients: 4, pace: Duration::ZERO, pad: 16 * 1024 },
+        stop.clone(),
+        counters.clone(),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while counters.unavailable.load(Ordering::Relaxed) == 0 {
         assert!(Instant::now() < deadline, "the WAL never filled up");
@@ -192,10 +132,7 @@ async fn a_full_wal_answers_503_then_recovers_by_itself_when_the_broker_returns(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    let mut acked = HashSet::new();
-    for l in load {
-        acked.extend(l.await.unwrap());
-    }
+    let acked = finish_load(load).await.acked;
     eprintln!("quota: {refusals} requests answered 503 while full; {} acknowledged in all", acked.len());
     let (b, t) = (kafka.brokers(), topics.raw.clone());
     tokio::task::spawn_blocking(move || assert_exactly_once(&b, &t, &acked, Duration::from_secs(180), "WAL quota"))
@@ -214,16 +151,18 @@ async fn sigterm_with_the_broker_down_exits_by_the_drain_deadline_and_loses_noth
     // A transaction may block for up to two minutes; the drain deadline is one second.
     args.extend(["--transaction-timeout-ms", "120000", "--drain-timeout-ms", "1000"].map(String::from));
     let c = Collector::start("serve", wal.path(), 0, &args);
-    let (stop, counters) = (Arc::new(AtomicBool::new(false)), Arc::new(Counters::default()));
-    let load = start_load(c.port(), 2, Duration::from_millis(1), 0, stop.clone(), counters.clone());
+    let (stop, counters) = (Arc::new(AtomicBool::new(false)), Arc::new(LoadCounters::default()));
+    let load = start_load(
+        c.port(),
+        LoadShape { clients: 2, pace: Duration::from_millis(1), pad: 0 },
+        stop.clone(),
+        counters.clone(),
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     kafka.script("stop");
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut acked = HashSet::new();
-    for l in load {
-        acked.extend(l.await.unwrap());
-    }
+    let acked = finish_load(load).await.acked;
 
     let t0 = Instant::now();
     let status = tokio::task::spawn_blocking(move || c.terminate()).await.unwrap();

@@ -255,19 +255,6 @@ async fn every_acknowledged_event_arrives_after_kill_9_and_restart() {
     assert!(lost.is_empty(), "acknowledged events missing from the transformed topic: {lost:?}");
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafkas_committed_position_wins_over_a_stale_local_watermark() {
     let brokers = brokers();

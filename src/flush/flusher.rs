@@ -128,14 +128,7 @@ impl Flusher {
         if self.kafka.guarantee == Guarantee::ExactlyOnce {
             topics.push(self.kafka.positions_topic.as_str());
         }
-        let mut ctx = Ctx {
-            runtime: &runtime,
-            drain: &drain,
-            backoff: &mut backoff,
-            status: &self.status,
-            kafka: &self.kafka,
-            options: &self.options,
-        };
+        let mut ctx = self.ctx(&runtime, &drain, &mut backoff);
 
         // Topics first; without them every send fails.
         loop {
@@ -190,14 +183,7 @@ impl Flusher {
                 });
                 continue;
             }
-            let mut ctx = Ctx {
-                runtime: &runtime,
-                drain: &drain,
-                backoff: &mut backoff,
-                status: &self.status,
-                kafka: &self.kafka,
-                options: &self.options,
-            };
+            let mut ctx = self.ctx(&runtime, &drain, &mut backoff);
             if ctx.past_deadline() {
                 warn!(
                     pending = upto + 1 - next,
@@ -238,6 +224,10 @@ impl Flusher {
                 }
             }
         }
+    }
+
+    fn ctx<'a>(&'a self, runtime: &'a Handle, drain: &'a DrainSignal, backoff: &'a mut Backoff) -> Ctx<'a> {
+        Ctx { runtime, drain, backoff, status: &self.status, kafka: &self.kafka, options: &self.options }
     }
 
     fn ack(&self, seq: u64) {

@@ -3,10 +3,12 @@
 //! independent reader of topics.
 #![allow(dead_code)] // each test file uses a different subset
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -272,7 +274,7 @@ pub fn kcat_ids(brokers: &str, topic: &str) -> HashMap<String, usize> {
 pub fn assert_exactly_once(
     brokers: &str,
     topic: &str,
-    acked: &std::collections::HashSet<String>,
+    acked: &HashSet<String>,
     patience: Duration,
     what: &str,
 ) -> usize {
@@ -295,4 +297,117 @@ pub fn assert_exactly_once(
         }
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// Copies a directory tree (a WAL, say).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// How the tracker-like load behaves.
+#[derive(Clone, Copy)]
+pub struct LoadShape {
+    pub clients: usize,
+    /// Pause after each acknowledged request.
+    pub pace: Duration,
+    /// Filler bytes per request (in `ctx.pad`), to grow the WAL faster.
+    pub pad: usize,
+}
+
+/// Live counters of a running load, for tests that watch it.
+#[derive(Default)]
+pub struct LoadCounters {
+    pub acked: AtomicUsize,
+    /// 503 answers (WAL full, draining); each had to carry `Retry-After`.
+    pub unavailable: AtomicUsize,
+}
+
+/// What a load did, summed over its clients.
+#[derive(Default)]
+pub struct LoadOutcome {
+    pub acked: HashSet<String>,
+    pub attempted: usize,
+    /// Requests sent again (same key) after an error, a 503 or a cut-off answer.
+    pub retries: usize,
+}
+
+/// Clients that behave like real trackers: one-event requests with unique ids (carried as
+/// `event_type`), each retried with its `Idempotency-Key` until it is acknowledged; they give
+/// up on the request in hand only when `stop` is set.
+pub fn start_load(
+    port: u16,
+    shape: LoadShape,
+    stop: Arc<AtomicBool>,
+    counters: Arc<LoadCounters>,
+) -> Vec<tokio::task::JoinHandle<LoadOutcome>> {
+    (0..shape.clients)
+        .map(|c| {
+            let (stop, counters) = (stop.clone(), counters.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+                let url = format!("http://127.0.0.1:{port}/collect");
+                let filler = "x".repeat(shape.pad);
+                let mut out = LoadOutcome::default();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = format!("c{c}-{i}");
+                    i += 1;
+                    out.attempted += 1;
+                    let body = format!(
+                        r#"{{"events":[{{"event_type":"{id}","event_time":1750867000000,"user_id":"user-{c}"}}],"ctx":{{"browser":"Firefox","device":"Desktop","version":"126.0","pad":"{filler}"}}}}"#
+                    );
+                    loop {
+                        let sent = http
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .header("idempotency-key", &id)
+                            .body(body.clone())
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(r) if r.status() == 200 => {
+                                out.acked.insert(id.clone());
+                                counters.acked.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(shape.pace).await;
+                                break;
+                            }
+                            Ok(r) if r.status() == 503 => {
+                                assert!(r.headers().contains_key("retry-after"), "503 without Retry-After");
+                                counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => panic!("unexpected status {}", r.status()),
+                            Err(_) => {}
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        out.retries += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                out
+            })
+        })
+        .collect()
+}
+
+/// Waits for every client and sums what they did.
+pub async fn finish_load(clients: Vec<tokio::task::JoinHandle<LoadOutcome>>) -> LoadOutcome {
+    let mut total = LoadOutcome::default();
+    for c in clients {
+        let o = c.await.unwrap();
+        total.attempted += o.attempted;
+        total.retries += o.retries;
+        total.acked.extend(o.acked);
+    }
+    total
 }
