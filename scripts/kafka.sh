@@ -60,7 +60,7 @@ fetch() {
   command -v java >/dev/null || { say "java (17+) is required to run Kafka"; exit 1; }
   rm -rf "$LIB.tmp"
   mkdir -p "$STATE"
-  mvn -q -B -f "$POM" dependency:copy-dependencies -DincludeScope=runtime \
+  mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies -DincludeScope=runtime \
     -DoutputDirectory="$LIB.tmp" >&2
   rm -rf "$LIB"
   mv "$LIB.tmp" "$LIB"

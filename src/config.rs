@@ -225,8 +225,13 @@ pub enum WalAction {
     /// Read every pending record and check its checksum, list ranges sled lost; exit 1 if any
     /// record is corrupt or lost.
     Verify,
-    /// List quarantined records (sequence number and size) as JSON lines.
-    Quarantine,
+    /// List quarantined records (sequence number, size, why) as JSON lines; with --export DIR
+    /// also write each one's stored bytes to DIR/<seq>.bin.
+    Quarantine {
+        /// Directory to write the quarantined records' raw bytes to (created if missing).
+        #[arg(long)]
+        export: Option<PathBuf>,
+    },
 }
 
 /// A setting that cannot work.

@@ -127,3 +127,41 @@ async fn the_transform_worker_killed_ten_times_under_load_loses_and_duplicates_n
     let _ = transform.wait();
     drop(serve);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transform_workers_joining_and_leaving_under_load_lose_and_duplicate_nothing() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let serve = Collector::start("serve", wal.path(), 0, &topics.args("serve"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(serve.port(), SHAPE, stop.clone(), Arc::default());
+
+    let mut a = start_transform(&topics, &unique("a"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!("rebalance: worker b joins");
+    let mut b = start_transform(&topics, &unique("b"));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    eprintln!("rebalance: worker a leaves (SIGTERM)");
+    let status = Command::new("kill").args(["-TERM", &a.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert!(a.wait().unwrap().success(), "a worker leaves cleanly on SIGTERM");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!("rebalance: worker c joins");
+    let mut c = start_transform(&topics, &unique("c"));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    eprintln!("rebalance: worker b is killed (SIGKILL)");
+    b.kill().unwrap();
+    b.wait().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let load = finish_load(load).await;
+
+    let (br, t) = (brokers.clone(), topics.transformed.clone());
+    tokio::task::spawn_blocking(move || verify_exactly_once(&br, &t, &load, "workers joining and leaving"))
+        .await
+        .unwrap();
+    let _ = c.kill();
+    let _ = c.wait();
+    drop(serve);
+}

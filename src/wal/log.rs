@@ -508,8 +508,25 @@ fn open_or_set_aside(path: &Path, cache_bytes: u64) -> Result<sled::Db, WalError
             .flush_every_ms(Some(1000))
             .open()
     };
-    match open() {
+    // The file lock may still be held for a moment by a process that is exiting (or, in
+    // tests, by sled's background thread after the last handle was dropped): wait a little,
+    // then say plainly that the WAL is in use.
+    let mut attempts = 0;
+    let opened = loop {
+        match open() {
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other,
+        }
+    };
+    match opened {
         Ok(db) => Ok(db),
+        Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Err(WalError::Storage(format!(
+            "the WAL at {} is in use by another process (is another collector running on it?)",
+            path.display()
+        ))),
         Err(sled::Error::Io(e)) if e.kind() != std::io::ErrorKind::InvalidData => {
             Err(WalError::Storage(format!("opening {}: {e}", path.display())))
         }

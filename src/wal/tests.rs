@@ -16,7 +16,18 @@ fn payload_of(r: &ReadRecord) -> String {
 }
 
 fn open(dir: &std::path::Path, segment_bytes: u64) -> SledLog {
-    SledLog::open(dir, LogOptions { segment_bytes, cache_bytes: 8 << 20, idempotency_window_ms: 60_000 }).unwrap()
+    // sled releases its file lock from a background thread shortly after the last handle is
+    // dropped, so an immediate in-process reopen can find it still held.
+    for _ in 0..200 {
+        match SledLog::open(dir, LogOptions { segment_bytes, cache_bytes: 8 << 20, idempotency_window_ms: 60_000 }) {
+            Ok(log) => return log,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the WAL lock was never released");
 }
 
 #[test]

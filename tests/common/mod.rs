@@ -411,3 +411,17 @@ pub async fn finish_load(clients: Vec<tokio::task::JoinHandle<LoadOutcome>>) -> 
     }
     total
 }
+
+/// Opens a WAL, waiting for sled to release its file lock: sled drops it from a background
+/// thread shortly after the last handle goes, so an immediate in-process reopen can find it
+/// still held.
+pub fn open_wal(dir: &Path, options: collector::wal::LogOptions) -> collector::wal::SledLog {
+    for _ in 0..200 {
+        match collector::wal::SledLog::open(dir, options.clone()) {
+            Ok(log) => return log,
+            Err(e) if e.to_string().contains("could not acquire lock") => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("opening the WAL failed: {e}"),
+        }
+    }
+    panic!("the WAL lock was never released");
+}
