@@ -80,10 +80,12 @@ pub struct IngestArgs {
     #[arg(long, env = "COLLECTOR_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
     /// Largest request body accepted on the wire, in bytes (compressed size for gzip).
-    #[arg(long, env = "COLLECTOR_MAX_BODY_BYTES", default_value_t = MIB as usize)]
+    #[arg(long, env = "COLLECTOR_MAX_BODY_BYTES", default_value_t = 900_000)]
     pub max_body_bytes: usize,
-    /// Largest body after gzip decoding, in bytes (gzip-bomb guard).
-    #[arg(long, env = "COLLECTOR_MAX_DECOMPRESSED_BYTES", default_value_t = 8 * MIB as usize)]
+    /// Largest body after gzip decoding, in bytes (gzip-bomb guard). Each accepted body
+    /// becomes one Kafka message, so it must fit librdkafka's message.max.bytes (default
+    /// 1,000,000; raise it with `-X message.max.bytes=…`) less 16 KiB for headers.
+    #[arg(long, env = "COLLECTOR_MAX_DECOMPRESSED_BYTES", default_value_t = 900_000)]
     pub max_decompressed_bytes: usize,
     /// Most events in one request.
     #[arg(long, env = "COLLECTOR_MAX_EVENTS", default_value_t = 1000)]
@@ -302,6 +304,15 @@ impl ServeArgs {
             // plus one being drained, and ingest would never resume.
             return Err(ConfigError::Invalid("--wal-max-mib must be at least 4 × --wal-segment-mib".into()));
         }
+        let kafka = self.kafka.settings()?;
+        if i.max_decompressed_bytes + crate::kafka::MESSAGE_OVERHEAD_BYTES > kafka.max_message_bytes() {
+            // An accepted body that Kafka refuses would block the WAL behind it forever.
+            return Err(ConfigError::Invalid(format!(
+                "--max-decompressed-bytes {} does not fit a Kafka message (message.max.bytes {} less 16 KiB for headers); lower it or raise -X message.max.bytes",
+                i.max_decompressed_bytes,
+                kafka.max_message_bytes()
+            )));
+        }
         if i.max_decompressed_bytes < i.max_body_bytes {
             return Err(ConfigError::Invalid("--max-decompressed-bytes must be at least --max-body-bytes".into()));
         }
@@ -340,7 +351,7 @@ impl ServeArgs {
                 node_id: String::new(),
             },
             drain_timeout: Duration::from_millis(self.flush.drain_timeout_ms),
-            kafka: self.kafka.settings()?,
+            kafka,
             // The node id is set by `app::Pipeline::start` too.
             transform: transform.map(|t| t.options("", &self.kafka)).transpose()?,
         })
@@ -411,6 +422,13 @@ mod tests {
         assert!(parse(&["run", "-X", "no.such.librdkafka.property=1"]).is_err());
         assert!(parse(&["run", "--listen", "not-an-address"]).is_err());
         assert!(parse(&["run", "--max-body-bytes", "100", "--max-decompressed-bytes", "10"]).is_err());
+    }
+
+    #[test]
+    fn an_accepted_body_must_fit_a_kafka_message() {
+        assert!(parse(&["run", "--max-decompressed-bytes", "2000000"]).is_err());
+        let raised = parse(&["run", "--max-decompressed-bytes", "2000000", "-X", "message.max.bytes=4000000"]).unwrap();
+        assert_eq!(raised.kafka.max_message_bytes(), 4_000_000);
     }
 
     #[test]

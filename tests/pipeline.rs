@@ -312,3 +312,50 @@ async fn at_least_once_mode_delivers_too() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].key.as_deref(), Some("user_test"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_at_the_size_limit_gets_through_kafka() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let c = Collector::start("run", wal.path(), 0, &topics.args("run"));
+    // Just under the default 900,000-byte limit: accepted, so it must fit a Kafka message.
+    let pad = "x".repeat(890_000);
+    let body = SEED_SAMPLE.replace(r#""version":"126.0""#, &format!(r#""version":"126.0","pad":"{pad}""#));
+    assert!(body.len() < 900_000);
+    assert_eq!(post(&client(), &c, body.clone()).await.status(), 200);
+    let raw = read(&brokers, &topics.raw, 1, 0).await;
+    assert_eq!(raw[0].value.len(), body.len());
+    let rows = read(&brokers, &topics.transformed, 1, 0).await;
+    assert_eq!(rows[0].key.as_deref(), Some("user_test"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_wal_under_a_reused_node_id_still_delivers_its_records() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let node = ["--node-id".to_string(), unique("node").replace('-', "_")];
+    let mut args = topics.args("serve");
+    args.extend(node);
+
+    // A first WAL delivers 10 records: Kafka's position for this node id is now 11.
+    let first = tempfile::tempdir().unwrap();
+    let c = Collector::start("serve", first.path(), 0, &args);
+    for i in 0..10 {
+        assert_eq!(post(&client(), &c, event_body(&format!("old{i}"), "u")).await.status(), 200);
+    }
+    assert_eq!(read(&brokers, &topics.raw, 10, 0).await.len(), 10);
+    assert!(c.terminate().success());
+
+    // The directory is replaced by an empty one, same node id: its records 1..=5 must not be
+    // mistaken for the 10 already in Kafka.
+    let replaced = tempfile::tempdir().unwrap();
+    let c = Collector::start("serve", replaced.path(), 0, &args);
+    for i in 0..5 {
+        assert_eq!(post(&client(), &c, event_body(&format!("new{i}"), "u")).await.status(), 200);
+    }
+    let raw = read(&brokers, &topics.raw, 15, 2000).await;
+    let new = raw.iter().filter(|r| r.value.contains("\"new")).count();
+    assert_eq!((raw.len(), new), (15, 5), "the new WAL's records were skipped");
+    drop(c);
+}

@@ -154,6 +154,16 @@ impl Flusher {
         // by the batch that was committed just before a crash.
         match sink.resume_point(&mut ctx) {
             None => return Ok(()),
+            Some(Some(committed_next)) if committed_next > self.log.opened_next_seq() => {
+                // Kafka holds a position beyond any number this WAL had handed out: it belongs
+                // to another WAL under the same node id (a replaced directory). Skipping to it
+                // would drop this WAL's records unsent; send them instead.
+                error!(
+                    kafka = committed_next,
+                    wal_next = self.log.opened_next_seq(),
+                    "Kafka's committed position for this node id is ahead of this WAL: the WAL directory was replaced or lost. Ignoring the position; give each WAL its own --node-id."
+                );
+            }
             Some(Some(committed_next)) if committed_next > next => {
                 info!(
                     local = next,
@@ -213,7 +223,9 @@ impl Flusher {
                     next = last + 1;
                 }
                 Delivery::Resync(committed_next) => {
-                    if committed_next > next {
+                    // Only this batch can have been committed behind our back; a position past
+                    // it is not ours (see the resume check above).
+                    if committed_next > next && committed_next <= last + 1 {
                         self.ack(committed_next - 1);
                         next = committed_next;
                     }

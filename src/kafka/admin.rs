@@ -14,11 +14,14 @@ use super::{KafkaSettings, KafkaStageError, LogContext};
 /// [`KafkaStageError`] if the broker cannot be reached or refuses; retryable.
 pub async fn ensure_topics(settings: &KafkaSettings, topics: &[&str]) -> Result<(), KafkaStageError> {
     let admin: AdminClient<LogContext> = settings.client_config(&[]).create_with_context(LogContext)?;
+    let max_message = (settings.max_message_bytes() + super::settings::MESSAGE_OVERHEAD_BYTES).to_string();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
             let partitions = if *t == settings.positions_topic { 1 } else { settings.topic_partitions };
             NewTopic::new(t, partitions, TopicReplication::Fixed(settings.topic_replication))
+                // Whatever our producers may send, the topic must accept.
+                .set("max.message.bytes", &max_message)
         })
         .collect();
     let options = AdminOptions::new()

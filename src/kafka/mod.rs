@@ -18,7 +18,7 @@ pub use admin::ensure_topics;
 pub use batch::{headers as make_headers, Batch, BatchOutcome, TrackingContext, TrackingProducer};
 pub use context::LogContext;
 pub use error::KafkaStageError;
-pub use settings::{Guarantee, KafkaSettings};
+pub use settings::{Guarantee, KafkaSettings, MESSAGE_OVERHEAD_BYTES};
 
 /// Header names on raw (`collect-topic1`) messages.
 pub mod headers {

@@ -31,7 +31,24 @@ pub struct KafkaSettings {
     pub topic_replication: i32,
 }
 
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// Room for headers, key and record framing on top of a payload.
+pub const MESSAGE_OVERHEAD_BYTES: usize = 16 * 1024;
+
 impl KafkaSettings {
+    /// The largest message our producers may send: librdkafka's `message.max.bytes`, as
+    /// passed with `-X` or its default. Ingest limits are validated against it so that an
+    /// accepted request always fits into a Kafka message.
+    pub fn max_message_bytes(&self) -> usize {
+        self.properties
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "message.max.bytes")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+    }
+
     /// A client configuration with `bootstrap.servers`, our `defaults`, then the user's
     /// properties on top.
     pub fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {

@@ -187,10 +187,10 @@ impl Worker<'_> {
             }
         }
         if consumer.context().happened.load(Ordering::Acquire) && !batch.is_empty() {
-            info!(
-                messages = batch.len(),
-                "The group rebalanced during a batch; dropping it to re-read from committed offsets."
-            );
+            info!(messages = batch.len(), "The group rebalanced during a batch; dropping it to read it again.");
+            // Partitions we kept (cooperative assignment) must be rewound too; revoked ones
+            // restart from their committed offsets wherever they went.
+            rewind(consumer, &batch);
             batch.clear();
         }
         batch
@@ -253,10 +253,15 @@ impl Worker<'_> {
                 warn!(error = %failure, messages = batch.len(), "A transform transaction failed; the batch will be read again.");
                 crate::telemetry::transform_failed();
                 let keep = !matches!(failure, TxnFailure::Fatal(_)) && txn::abort(producer, timeout);
-                if !keep {
+                if keep {
+                    // Aborted for sure: the batch's rows are gone, read it again.
+                    rewind(consumer, batch);
+                } else {
+                    // The transaction may have committed after all. The next producer's
+                    // init_transactions settles it; the committed offsets then say where to go on.
                     self.producer = None;
+                    rewind_to_committed(consumer, batch);
                 }
-                rewind(consumer, batch);
                 std::thread::sleep(Duration::from_millis(200));
                 Ok(false)
             }
@@ -287,6 +292,14 @@ impl Worker<'_> {
             warn!(failed = failed.len(), error = %failed[0].1, "Kafka did not take some rows; retrying them.");
             crate::telemetry::transform_failed();
             if *stop.borrow() {
+                return Ok(false);
+            }
+            if producer.client().fatal_error().is_some() {
+                // An idempotent producer whose state broke cannot send again: start over with a
+                // new one; the batch is read again (at-least-once allows the repeat).
+                warn!("The row producer hit a fatal error; replacing it.");
+                self.producer = None;
+                rewind(consumer, batch);
                 return Ok(false);
             }
             todo = failed.into_iter().map(|(i, _)| i).collect();
@@ -336,11 +349,21 @@ fn send_outs(
             Out::DeadLetter { index, reason } => {
                 let raw = &batch[*index];
                 let source = format!("{}/{}/{}", raw.topic(), raw.partition(), raw.offset());
+                // A foreign message too large to forward with our headers would stall the
+                // partition forever; forward the reason and where to find it instead.
+                let limit = kafka.max_message_bytes().saturating_sub(kafka::MESSAGE_OVERHEAD_BYTES);
+                let payload = raw.payload().filter(|p| p.len() <= limit);
+                let reason = match raw.payload() {
+                    Some(p) if payload.is_none() => {
+                        format!("{reason} (payload of {} bytes not copied: too large)", p.len())
+                    }
+                    _ => reason.clone(),
+                };
                 let hdrs =
                     kafka::make_headers(&[(headers::ERROR, reason.as_bytes()), (headers::SOURCE, source.as_bytes())]);
                 let mut record =
                     BaseRecord::<[u8], [u8], usize>::with_opaque_to(&kafka.dead_letter_topic, i).headers(hdrs);
-                if let Some(p) = raw.payload() {
+                if let Some(p) = payload {
                     record = record.payload(p);
                 }
                 if let Some(k) = raw.key() {
@@ -369,6 +392,32 @@ fn rewind(consumer: &WorkerConsumer, batch: &[OwnedMessage]) {
     for elem in firsts.elements() {
         if let Err(e) = consumer.seek(elem.topic(), elem.partition(), elem.offset(), Duration::from_secs(5)) {
             info!(topic = elem.topic(), partition = elem.partition(), error = %e, "Could not rewind a partition; it was probably reassigned.");
+        }
+    }
+}
+
+/// Seeks every partition of the batch to its committed offset (read_committed, so an open
+/// transaction of ours is waited out), falling back to the batch start if that fails.
+fn rewind_to_committed(consumer: &WorkerConsumer, batch: &[OwnedMessage]) {
+    let mut tpl = TopicPartitionList::new();
+    for elem in next_offsets(batch).elements() {
+        tpl.add_partition(elem.topic(), elem.partition());
+    }
+    match consumer.committed_offsets(tpl, Duration::from_secs(30)) {
+        Ok(committed) => {
+            for elem in committed.elements() {
+                let to = match elem.offset() {
+                    Offset::Offset(_) => elem.offset(),
+                    _ => Offset::Beginning,
+                };
+                if let Err(e) = consumer.seek(elem.topic(), elem.partition(), to, Duration::from_secs(5)) {
+                    info!(topic = elem.topic(), partition = elem.partition(), error = %e, "Could not rewind a partition; it was probably reassigned.");
+                }
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "Could not read the committed offsets; rewinding to the batch start.");
+            rewind(consumer, batch);
         }
     }
 }

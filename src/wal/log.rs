@@ -48,6 +48,9 @@ pub trait LogStore: Send + Sync + 'static {
     fn stats(&self) -> WalStats;
     /// Bytes of records in live segments (not yet reclaimed); cheap, for the quota check.
     fn live_bytes(&self) -> u64;
+    /// The next sequence number as it was when the log was opened: no position committed by
+    /// an earlier incarnation of this WAL can lie above it.
+    fn opened_next_seq(&self) -> u64;
 }
 
 /// One record as read back from the log.
@@ -111,6 +114,7 @@ pub struct SledLog {
     lost_records: u64,
     /// Sequence numbers skipped at this open after a loss (first, last): they hold no records.
     gap: Option<(u64, u64)>,
+    opened_next_seq: u64,
     next_seq: AtomicU64,
     delivered_through: AtomicU64,
     quarantined: AtomicU64,
@@ -211,6 +215,7 @@ impl SledLog {
             sequence: Mutex::new(sequence),
             lost_records,
             gap,
+            opened_next_seq: last_seq + 1,
             live_bytes: AtomicU64::new(live),
             next_seq: AtomicU64::new(last_seq + 1),
             delivered_through: AtomicU64::new(delivered),
@@ -302,6 +307,9 @@ impl LogStore for SledLog {
             batch.insert(&(first + i as u64).to_be_bytes(), frame.as_slice());
             bytes += frame.len() as u64;
         }
+        // The segment's size first: if that write fails nothing else happened, and if the
+        // records then fail, an overstated size only makes the quota stricter.
+        self.meta.insert(segment_bytes_key(w.active_first_seq), &(w.active_bytes + bytes).to_be_bytes())?;
         if keys.is_empty() {
             tree.apply_batch(batch)?;
         } else {
@@ -324,11 +332,10 @@ impl LogStore for SledLog {
                     TransactionError::Abort(()) => WalError::Storage("the append transaction aborted".into()),
                 })?;
         }
+        // Counters move only once everything is written. The size in `meta` (made durable by
+        // the same fsync as the records) means opening never scans a segment.
         w.active_bytes += bytes;
         *self.segment_sizes.lock().expect("sizes lock poisoned").entry(w.active_first_seq).or_insert(0) += bytes;
-        // Kept current (made durable by the same fsync as the records), so opening never has
-        // to scan a segment to learn its size, however large the backlog.
-        self.meta.insert(segment_bytes_key(w.active_first_seq), &w.active_bytes.to_be_bytes())?;
         self.live_bytes.fetch_add(bytes, Ordering::AcqRel);
         self.next_seq.store(first + frames.len() as u64, Ordering::Release);
         Ok(first)
@@ -340,6 +347,10 @@ impl LogStore for SledLog {
 
     fn live_bytes(&self) -> u64 {
         self.live_bytes.load(Ordering::Acquire)
+    }
+
+    fn opened_next_seq(&self) -> u64 {
+        self.opened_next_seq
     }
 
     fn sync(&self) -> Result<(), WalError> {

@@ -15,9 +15,13 @@
 //! 16      4     CRC-32 of bytes 0..16
 //! ```
 //!
-//! On open the WAL continues after `reserved_through` (so numbers jump by up to
-//! [`RESERVE_BLOCK`] across a restart, and are never reused), and if sled holds no record up to
-//! `last_durable`, the missing range is reported as lost.
+//! On open, if sled holds no record up to `last_durable`, the missing range is reported as lost
+//! and the WAL continues after `reserved_through` (a jump of up to [`RESERVE_BLOCK`]), since
+//! lost numbers may have been acknowledged or committed to Kafka. Otherwise it continues after
+//! the highest record found: the only numbers that can be missing then were never durable, so
+//! never acknowledged and never sent. (After a power loss `last_durable` may be stale, so a loss
+//! of fsynced records can go unseen; the flusher then ignores a Kafka position beyond this
+//! WAL's numbers rather than skip to it.)
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;

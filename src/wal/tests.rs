@@ -138,6 +138,9 @@ impl LogStore for CountingLog {
     fn live_bytes(&self) -> u64 {
         self.inner.live_bytes()
     }
+    fn opened_next_seq(&self) -> u64 {
+        self.inner.opened_next_seq()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

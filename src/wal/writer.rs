@@ -141,6 +141,10 @@ fn commit_loop(
         }
         for (pending, reply) in answers {
             let answer = match (pending, &outcome) {
+                // A duplicate of a record stored by an earlier group is only answered 200 once
+                // an fsync succeeded after it: this group's. (If that earlier group's fsync had
+                // failed, its record is not known to be on disk.)
+                (Pending::Known(Ok(Appended::Duplicate(_))), Err(e)) => Err(e.clone()),
                 (Pending::Known(answer), _) => answer,
                 (Pending::Stored(i), Ok(first)) => Ok(Appended::Stored(first + i as u64)),
                 (Pending::DuplicateInGroup(i), Ok(first)) => Ok(Appended::Duplicate(first + i as u64)),
