@@ -37,9 +37,7 @@ pub(super) struct KeyIndex {
 }
 
 fn bucket_name(bucket: u64) -> Vec<u8> {
-    let mut name = PREFIX.to_vec();
-    name.extend_from_slice(&bucket.to_be_bytes());
-    name
+    super::log::prefixed(PREFIX, bucket)
 }
 
 impl KeyIndex {

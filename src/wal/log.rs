@@ -24,7 +24,7 @@ const LOST_PREFIX: &[u8] = b"lost/";
 /// The sled database inside the WAL directory; beside it lives the sequence file.
 const SLED_DIR: &str = "sled";
 const SEQUENCE_FILE: &str = "sequence";
-/// `segbytes/<first_seq u64 BE>` → bytes of a closed segment, so opening needs no scan.
+/// `segbytes/<first_seq u64 BE>` → bytes of a segment, so opening needs no scan.
 const SEGMENT_BYTES_PREFIX: &[u8] = b"segbytes/";
 
 /// The storage engine behind the WAL. Small on purpose so the engine can be swapped and the
@@ -130,8 +130,8 @@ impl SledLog {
     ///
     /// Recovery: the delivered watermark is read from `meta`; segments wholly at or below it are
     /// dropped (a crash may have happened between the watermark write and the drop); the next
-    /// sequence number follows the highest key found. A new segment is started for new appends,
-    /// so nothing has to be scanned to learn the active segment's size.
+    /// sequence number follows the highest key found, or, after a loss the sequence file
+    /// exposes, everything ever reserved. A new segment is started for new appends.
     ///
     /// # Errors
     /// [`WalError::Storage`] if sled cannot open the directory.
@@ -167,9 +167,10 @@ impl SledLog {
                 break;
             }
         }
-        // Sequence numbers continue above anything ever reserved, so none is ever reused even if
-        // sled lost its tail; durable records sled no longer has are reported, never ignored.
-        if floor.last_durable > last_seq {
+        // Durable records sled no longer has are reported, never ignored; and after such a loss
+        // the numbers continue above every one ever reserved, since some of the lost ones may
+        // have been acknowledged or committed to Kafka. Otherwise they stay dense.
+        let gap = if floor.last_durable > last_seq {
             let (from, to) = (last_seq + 1, floor.last_durable);
             error!(
                 from,
@@ -178,22 +179,15 @@ impl SledLog {
             );
             meta.insert(lost_key(from), &to.to_be_bytes())?;
             crate::telemetry::wal_records_lost(to - from + 1);
-        }
-        let lost_records = meta
-            .scan_prefix(LOST_PREFIX)
-            .map(|item| {
-                let (k, v) = item?;
-                let from = key_to_seq(&k[LOST_PREFIX.len()..])?;
-                Ok(key_to_seq(&v)?.saturating_sub(from) + 1)
-            })
-            .sum::<Result<u64, WalError>>()?;
-        // After a loss, continue above every number ever handed out: some of the lost ones may
-        // have been acknowledged, or committed to Kafka. Otherwise stay dense.
-        let gap = (floor.last_durable > last_seq).then(|| (last_seq + 1, last_seq.max(floor.reserved_through)));
+            Some((from, last_seq.max(floor.reserved_through)))
+        } else {
+            None
+        };
+        let lost_records = lost_ranges(&meta)?.iter().map(|(from, to)| to.saturating_sub(*from) + 1).sum();
         let last_seq = gap.map_or(last_seq, |(_, to)| to);
         let keys = KeyIndex::open(&db, options.idempotency_window_ms)?;
-        // Every segment's size is in `meta` (written with each append); a segment without one
-        // (written by an older version) is scanned once.
+        // Every segment's size is in `meta` (written before its records); one without an entry
+        // (never written to) is scanned, which costs nothing.
         let mut segment_sizes = BTreeMap::new();
         for (first, tree) in &segments {
             let size = match meta.get(segment_bytes_key(*first))? {
@@ -484,15 +478,7 @@ impl SledLog {
                 }
             }
         }
-        let lost = self
-            .meta
-            .scan_prefix(LOST_PREFIX)
-            .map(|item| {
-                let (k, v) = item?;
-                Ok((key_to_seq(&k[LOST_PREFIX.len()..])?, key_to_seq(&v)?))
-            })
-            .collect::<Result<Vec<_>, WalError>>()?;
-        Ok(VerifyReport { stats, ok, corrupt, lost })
+        Ok(VerifyReport { stats, ok, corrupt, lost: lost_ranges(&self.meta)? })
     }
 
     /// Every quarantined record: sequence number and the raw stored bytes.
@@ -557,22 +543,34 @@ fn open_or_set_aside(path: &Path, cache_bytes: u64) -> Result<sled::Db, WalError
     }
 }
 
-fn lost_key(from: u64) -> Vec<u8> {
-    let mut key = LOST_PREFIX.to_vec();
-    key.extend_from_slice(&from.to_be_bytes());
+/// The ranges (first, last) of durable records sled no longer had at some open.
+fn lost_ranges(meta: &sled::Tree) -> Result<Vec<(u64, u64)>, WalError> {
+    meta.scan_prefix(LOST_PREFIX)
+        .map(|item| {
+            let (k, v) = item?;
+            Ok((key_to_seq(&k[LOST_PREFIX.len()..])?, key_to_seq(&v)?))
+        })
+        .collect()
+}
+
+/// `prefix` followed by `n` as a big-endian u64: the shape of every tree name and meta key
+/// that carries a number, so they sort numerically.
+pub(super) fn prefixed(prefix: &[u8], n: u64) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(&n.to_be_bytes());
     key
+}
+
+fn lost_key(from: u64) -> Vec<u8> {
+    prefixed(LOST_PREFIX, from)
 }
 
 fn segment_bytes_key(first_seq: u64) -> Vec<u8> {
-    let mut key = SEGMENT_BYTES_PREFIX.to_vec();
-    key.extend_from_slice(&first_seq.to_be_bytes());
-    key
+    prefixed(SEGMENT_BYTES_PREFIX, first_seq)
 }
 
 fn segment_name(first_seq: u64) -> Vec<u8> {
-    let mut name = SEGMENT_PREFIX.to_vec();
-    name.extend_from_slice(&first_seq.to_be_bytes());
-    name
+    prefixed(SEGMENT_PREFIX, first_seq)
 }
 
 fn key_to_seq(key: &[u8]) -> Result<u64, WalError> {
