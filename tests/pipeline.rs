@@ -3,9 +3,10 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -190,69 +191,33 @@ async fn every_acknowledged_event_arrives_after_kill_9_and_restart() {
     let brokers = brokers();
     let topics = Topics::new(&brokers);
     let wal = tempfile::tempdir().unwrap();
+    // `run`: ingest, flusher and transform in the one process that is killed.
     let first = Collector::start("run", wal.path(), 0, &topics.args("run"));
     let port = first.port();
-    let collector = Arc::new(Mutex::new(Some(first)));
-    let url = format!("http://127.0.0.1:{port}/collect");
-
-    let acked = Arc::new(Mutex::new(HashSet::new()));
-    let workers: Vec<_> = (0..8)
-        .map(|w| {
-            let (acked, url) = (acked.clone(), url.clone());
-            tokio::spawn(async move {
-                let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-                let mut attempted = 0;
-                for i in 0..250 {
-                    let id = format!("w{w}-{i}");
-                    attempted += 1;
-                    let sent = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(event_body(&id, &format!("user-{w}")))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status() == 200 => {
-                            acked.lock().unwrap().insert(id);
-                        }
-                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                }
-                attempted
-            })
-        })
-        .collect();
+    let (stop, counters) = (Arc::new(AtomicBool::new(false)), Arc::new(LoadCounters::default()));
+    let load = start_load(port, LoadShape { clients: 8, pace: Duration::ZERO, pad: 0 }, stop.clone(), counters.clone());
 
     // Kill the collector mid-stream, then bring it back on the same WAL.
-    while acked.lock().unwrap().len() < 600 {
+    while counters.acked.load(Ordering::Relaxed) < 600 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    collector.lock().unwrap().take().unwrap().kill9();
-    let acked_before_kill = acked.lock().unwrap().len();
+    first.kill9();
+    let acked_before_kill = counters.acked.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    *collector.lock().unwrap() = Some(Collector::start("run", wal.path(), port, &topics.args("run")));
-    let mut attempted = 0;
-    for w in workers {
-        attempted += w.await.unwrap();
+    let _second = Collector::start("run", wal.path(), port, &topics.args("run"));
+    while counters.acked.load(Ordering::Relaxed) < acked_before_kill + 600 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > acked_before_kill, "requests were accepted after the restart too");
+    stop.store(true, Ordering::Relaxed);
+    let load = finish_load(load).await;
+    assert!(load.acked.len() > acked_before_kill, "requests were accepted after the restart too");
 
-    let rows = read(&brokers, &topics.transformed, acked.len(), 3000).await;
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for row in &rows {
-        let v: serde_json::Value = serde_json::from_str(&row.value).unwrap();
-        *seen.entry(v["event_type"].as_str().unwrap().to_string()).or_default() += 1;
-    }
-    let lost: Vec<_> = acked.iter().filter(|id| !seen.contains_key(*id)).collect();
-    let duplicated = seen.values().filter(|&&n| n > 1).count();
-    eprintln!(
-        "kill -9 test: attempted {attempted}, acknowledged {}, rows {}, lost {}, duplicated {duplicated}",
-        acked.len(),
-        rows.len(),
-        lost.len()
-    );
-    assert!(lost.is_empty(), "acknowledged events missing from the transformed topic: {lost:?}");
+    let (b, t) = (brokers.clone(), topics.transformed.clone());
+    tokio::task::spawn_blocking(move || {
+        assert_exactly_once(&b, &t, &load.acked, Duration::from_secs(90), "run mode, kill -9 and restart")
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
