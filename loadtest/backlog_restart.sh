@@ -6,25 +6,12 @@
 #
 #   loadtest/backlog_restart.sh            # 1,000,000 records
 #   RECORDS=100000 loadtest/backlog_restart.sh
-set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
 RECORDS="${RECORDS:-1000000}"
-PORT="${KAFKA_PORT:-9092}"
-BROKERS="127.0.0.1:$PORT"
-LISTEN="127.0.0.1:${LISTEN_PORT:-18080}"
-WORK="$(mktemp -d)"
+LISTEN_PORT="${LISTEN_PORT:-18080}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOPIC="backlog-$(date +%s)"
-trap 'kill -9 ${pid:-} 2>/dev/null || true; rm -rf "$WORK"' EXIT
-
-started_kafka=0
-if ! scripts/kafka.sh status 2>/dev/null; then scripts/kafka.sh start; started_kafka=1; fi
-trap 'kill -9 ${pid:-} 2>/dev/null || true; rm -rf "$WORK"; [[ $started_kafka == 1 ]] && scripts/kafka.sh stop' EXIT
-
-cargo build --release --bin collector --example wal_fill >&2
 target/release/examples/wal_fill --dir "$WORK/wal" --records "$RECORDS"
 
-ms() { date +%s%3N; }
 start_serve() {
   target/release/collector serve --listen "$LISTEN" --wal-dir "$WORK/wal" --brokers "$BROKERS" \
     --raw-topic "$TOPIC" --log warn >>"$WORK/collector.log" 2>&1 &
@@ -33,7 +20,6 @@ start_serve() {
   until curl -sf "http://$LISTEN/readyz" >/dev/null; do sleep 0.01; done
   ready_ms=$(( $(ms) - t0 ))
 }
-pending() { curl -s -H 'Accept: application/json' "http://$LISTEN/" | sed -n 's/.*"pending_records":\([0-9]*\).*/\1/p'; }
 
 start_serve
 echo "start 1 with $(pending) pending records: ready in ${ready_ms} ms"

@@ -8,25 +8,10 @@
 #
 #   loadtest/guarantee_cost.sh
 #   RECORDS=100000 loadtest/guarantee_cost.sh
-set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
 RECORDS="${RECORDS:-500000}"
-BROKERS="127.0.0.1:${KAFKA_PORT:-9092}"
-LISTEN="127.0.0.1:${LISTEN_PORT:-18081}"
-WORK="$(mktemp -d)"
-started_kafka=0
-cleanup() {
-  kill -9 "${pid:-}" 2>/dev/null || true
-  rm -rf "$WORK"
-  if [[ $started_kafka == 1 ]]; then scripts/kafka.sh stop; fi
-}
-trap cleanup EXIT
-if ! scripts/kafka.sh status 2>/dev/null; then scripts/kafka.sh start; started_kafka=1; fi
-cargo build --release --bin collector --example wal_fill >&2
+LISTEN_PORT="${LISTEN_PORT:-18081}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-ms() { date +%s%3N; }
-pending() { curl -s -H 'Accept: application/json' "http://$LISTEN/" | sed -n 's/.*"pending_records":\([0-9]*\).*/\1/p'; }
 rows() { kcat -b "$BROKERS" -C -t "$1" -X isolation.level=read_committed -o beginning -e -q -f '\n' | wc -l; }
 
 declare -A flush_rate e2e_rate
