@@ -11,7 +11,6 @@ use thiserror::Error;
 
 use crate::app::{PipelineConfig, WalConfig};
 use crate::flush::FlushOptions;
-use crate::ingest::validate::Limits;
 use crate::ingest::{BodyLimits, ServerOptions};
 use crate::kafka::txn::TxnTimeouts;
 use crate::kafka::{Guarantee, KafkaSettings, KafkaStageError};
@@ -325,7 +324,7 @@ impl ServeArgs {
                     max_decompressed_bytes: i.max_decompressed_bytes,
                     body_timeout: Duration::from_millis(positive("--body-timeout-ms", i.body_timeout_ms)?),
                 },
-                validate: Limits { max_events: positive("--max-events", i.max_events as u64)? as usize },
+                max_events: positive("--max-events", i.max_events as u64)? as usize,
                 header_timeout: Duration::from_millis(positive("--header-timeout-ms", i.header_timeout_ms)?),
                 shutdown_grace: Duration::from_millis(i.shutdown_grace_ms),
                 max_wal_bytes: self.wal.wal_max_mib * MIB,
@@ -408,7 +407,7 @@ mod tests {
             ("collect-topic1", "collect-topic2")
         );
         assert_eq!(cfg.kafka.topic_partitions, 4);
-        assert_eq!(cfg.server.validate.max_events, 1000);
+        assert_eq!(cfg.server.max_events, 1000);
         assert!(cfg.transform.is_some());
         assert!(parse(&["serve"]).unwrap().transform.is_none());
     }

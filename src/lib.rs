@@ -21,7 +21,9 @@
 //!                                                   unreadable message ──▶ dead-letter topic
 //! ```
 //!
-//! - [`ingest`]: HTTP server; decoding, limits, validation, error responses, status pages.
+//! - [`schema`]: the event schema: request, event, context and user-id types, parsing and field
+//!   validation (simd-json). Ingest and the transform both read bodies with it.
+//! - [`ingest`]: HTTP server; decoding, limits, error responses, status pages.
 //! - [`wal`]: sled write-ahead log with group commit, checksummed framing, segment reclamation.
 //! - [`flush`]: drains the WAL into the raw topic; acknowledges only what Kafka confirmed.
 //! - [`transform`]: raw request → rows; the consumer-group worker that produces them.
@@ -35,6 +37,7 @@ pub mod config;
 pub mod flush;
 pub mod ingest;
 pub mod kafka;
+pub mod schema;
 pub mod telemetry;
 pub mod transform;
 pub mod wal;

@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use thiserror::Error;
 
-use super::validate::{Invalid, InvalidKind};
+use crate::schema::{Invalid, InvalidKind};
 use crate::wal::WalError;
 
 /// Everything that can go wrong with one `/collect` request.

@@ -12,9 +12,11 @@
 mod body;
 mod error;
 pub mod server;
+mod state;
 mod status;
 pub mod validate;
 
 pub use body::BodyLimits;
 pub use error::IngestError;
-pub use server::{router, serve, IngestState, ServerOptions};
+pub use server::{router, serve};
+pub use state::{IngestState, ServerOptions, Unready};

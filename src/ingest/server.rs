@@ -3,9 +3,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -16,46 +15,15 @@ use axum::{Json, Router};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use super::body::{self, BodyLimits};
-use super::validate::{self, Limits};
-use super::{status, IngestError};
-use crate::flush::FlushStatus;
+use super::state::IngestState;
+use super::{body, status, validate, IngestError};
 use crate::wal::record::{self, Entry};
-use crate::wal::{Appended, IdempotencyKey, LogStore, WalWriter};
-
-/// Settings of the HTTP server.
-#[derive(Debug, Clone)]
-pub struct ServerOptions {
-    pub body: BodyLimits,
-    pub validate: Limits,
-    /// A connection that has not sent complete request headers within this time is closed
-    /// (slowloris protection).
-    pub header_timeout: Duration,
-    /// How long shutdown waits for in-flight requests before closing connections.
-    pub shutdown_grace: Duration,
-    /// WAL quota: above this many bytes of undelivered segments, `/collect` answers 503.
-    pub max_wal_bytes: u64,
-}
-
-/// Shared state of the handlers.
-pub struct IngestState {
-    pub writer: WalWriter,
-    pub log: Arc<dyn LogStore>,
-    pub options: ServerOptions,
-    /// Set when shutdown starts: `/collect` answers 503 and `/readyz` turns unready, so load
-    /// balancers move traffic away while in-flight requests finish.
-    pub draining: AtomicBool,
-    pub node_id: String,
-    pub started: Instant,
-    pub metrics: PrometheusHandle,
-    pub flush: Arc<FlushStatus>,
-}
+use crate::wal::{Appended, IdempotencyKey};
 
 /// The 200 answer to `/collect`: sent only once the request is durable in the WAL.
 #[derive(Debug, Serialize)]
@@ -100,19 +68,15 @@ async fn collect(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, IngestError> {
-    if state.draining.load(Ordering::Acquire) {
-        return Err(IngestError::Draining);
-    }
-    // Backpressure: a soft limit, checked before the body is read; requests already past this
-    // point may overshoot it by at most one group commit.
-    if state.log.live_bytes() >= state.options.max_wal_bytes {
-        return Err(IngestError::WalFull);
+    // Backpressure: the WAL quota is a soft limit, checked before the body is read; requests
+    // already past this point may overshoot it by at most one group commit.
+    if let Some(unready) = state.unready() {
+        return Err(unready.into());
     }
     let raw = body::read(&headers, body, state.options.body).await?;
     // simd-json rewrites its input: validate a scratch copy, store the original bytes.
     let mut scratch = raw.to_vec();
-    let events =
-        validate::parse_request(&mut scratch, state.options.validate).map_err(IngestError::Invalid)?.events.len();
+    let events = validate::events_within(&mut scratch, state.options.max_events).map_err(IngestError::Invalid)?;
     let key = idempotency_key(&headers, &raw)?;
     let client = peer.to_string();
     let frame = record::encode(&Entry { received_at_ms: crate::now_ms(), client: &client, payload: &raw });

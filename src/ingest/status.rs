@@ -10,7 +10,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use super::server::IngestState;
+use super::state::IngestState;
 use crate::flush::FlushSnapshot;
 use crate::wal::WalStats;
 
@@ -30,7 +30,7 @@ fn snapshot(state: &IngestState) -> Status {
     let wal = state.log.stats();
     crate::telemetry::wal_levels(wal.pending_records, wal.disk_bytes);
     let draining = state.draining.load(Ordering::Acquire);
-    let ready = unready_reason(state).is_none();
+    let ready = state.unready().is_none();
     Status {
         service: "collector",
         version: env!("CARGO_PKG_VERSION"),
@@ -103,20 +103,9 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "alive"}))
 }
 
-/// Why the collector should not get traffic right now, if it should not.
-fn unready_reason(state: &IngestState) -> Option<&'static str> {
-    if state.draining.load(Ordering::Acquire) {
-        Some("draining")
-    } else if state.log.live_bytes() >= state.options.max_wal_bytes {
-        Some("wal_full")
-    } else {
-        None
-    }
-}
-
 pub async fn readyz(State(state): State<Arc<IngestState>>) -> Response {
-    if let Some(reason) = unready_reason(&state) {
-        let body = Json(serde_json::json!({"ready": false, "reason": reason}));
+    if let Some(unready) = state.unready() {
+        let body = Json(serde_json::json!({"ready": false, "reason": unready.reason()}));
         return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], body).into_response();
     }
     Json(serde_json::json!({"ready": true})).into_response()

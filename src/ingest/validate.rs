@@ -1,277 +1,49 @@
-//! Parsing and validating a `/collect` body, shared by ingest (to accept or reject) and by the
-//! transform (to read what ingest accepted).
-//!
-//! The schema (see the brief): `{"events": [event, …], "ctx": {…}}`. Each event has a non-empty
-//! string `event_type`, an integer `event_time` in milliseconds since the epoch (an all-digit
-//! string is accepted and normalised to the integer), a `user_id` that is a non-empty string or
-//! an integer, and an optional string `product_id` (`null` counts as absent). `ctx` is an object
-//! with string `browser`, `device` and `version`. Unknown fields anywhere are allowed; they stay
-//! in the raw message because the raw topic carries the body byte for byte.
-//!
-//! simd-json parses in place and rewrites its input, so callers pass a scratch copy and keep
-//! the original bytes. Strings in the result borrow from that copy (no allocation unless the
-//! JSON string contained escapes).
+//! Ingest's limits on top of the schema: a body must be a valid [`crate::schema`] request and
+//! carry no more events than this collector accepts per request.
 
-use std::borrow::Cow;
-use std::fmt;
+use crate::schema::{Envelope, Invalid};
 
-use simd_json::{BorrowedValue as Value, ErrorType, StaticNode};
-
-/// A parsed, valid request. Borrows from the scratch buffer it was parsed from.
-#[derive(Debug, PartialEq)]
-pub struct Request<'a> {
-    pub events: Vec<Event<'a>>,
-    pub ctx: Ctx<'a>,
-}
-
-#[derive(Debug, PartialEq)]
-pub struct Event<'a> {
-    pub event_type: Cow<'a, str>,
-    /// Normalised to an integer even when it was sent as an all-digit string.
-    pub event_time: i64,
-    pub user_id: UserId<'a>,
-    pub product_id: Option<Cow<'a, str>>,
-}
-
-/// `user_id` as sent: the row keeps its JSON type.
-#[derive(Debug, PartialEq, Eq, Clone)]
-pub enum UserId<'a> {
-    Str(Cow<'a, str>),
-    Int(i128),
-}
-
-impl fmt::Display for UserId<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            UserId::Str(s) => f.write_str(s),
-            UserId::Int(i) => write!(f, "{i}"),
-        }
-    }
-}
-
-#[derive(Debug, PartialEq)]
-pub struct Ctx<'a> {
-    pub browser: Cow<'a, str>,
-    pub device: Cow<'a, str>,
-    pub version: Cow<'a, str>,
-}
-
-/// Limits applied while validating.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Most events one request may carry.
-    pub max_events: usize,
-}
-
-/// What is wrong with a body, with a JSON-pointer `path` to the offending field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    pub kind: InvalidKind,
-    /// Stable machine-readable code, e.g. `invalid_field`.
-    pub code: &'static str,
-    pub message: String,
-    /// JSON pointer (RFC 6901) to the field; empty for the whole document.
-    pub path: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InvalidKind {
-    /// Not JSON, or not UTF-8: HTTP 400.
-    Malformed,
-    /// JSON, but not the schema: HTTP 422.
-    Schema,
-}
-
-impl fmt::Display for Invalid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}: {}", self.code, self.message)
-        } else {
-            write!(f, "{} at {}: {}", self.code, self.path, self.message)
-        }
-    }
-}
-
-fn schema(code: &'static str, path: impl Into<String>, message: impl Into<String>) -> Invalid {
-    Invalid { kind: InvalidKind::Schema, code, message: message.into(), path: path.into() }
-}
-
-/// Parses `scratch` in place and validates it.
+/// Parses `scratch` in place and validates it, refusing more than `max_events` events.
+///
+/// The limit is checked between the schema's two phases, before any event is validated, so an
+/// oversized batch costs one parse and the client hears about the limit first.
 ///
 /// # Errors
-/// [`Invalid`] naming the first problem found.
-pub fn parse_request<'a>(scratch: &'a mut [u8], limits: Limits) -> Result<Request<'a>, Invalid> {
-    let value = simd_json::to_borrowed_value(scratch).map_err(|e| match e.error() {
-        ErrorType::InvalidUtf8 => Invalid {
-            kind: InvalidKind::Malformed,
-            code: "invalid_utf8",
-            message: "the body is not valid UTF-8".into(),
-            path: String::new(),
-        },
-        _ => Invalid {
-            kind: InvalidKind::Malformed,
-            code: "invalid_json",
-            message: format!("the body is not valid JSON: {e}"),
-            path: String::new(),
-        },
-    })?;
-    let Value::Object(mut root) = value else {
-        return Err(schema("invalid_type", "", format!("the body must be a JSON object, not {}", type_name(&value))));
-    };
-    let events = match root.remove("events") {
-        None | Some(Value::Static(StaticNode::Null)) => {
-            return Err(schema("missing_field", "/events", "`events` is required"));
-        }
-        Some(Value::Array(events)) => events,
-        Some(other) => {
-            return Err(schema(
-                "invalid_type",
-                "/events",
-                format!("`events` must be an array, not {}", type_name(&other)),
-            ));
-        }
-    };
-    if events.is_empty() {
-        return Err(schema("empty_events", "/events", "`events` must contain at least one event"));
-    }
-    if events.len() > limits.max_events {
-        return Err(schema(
+/// [`Invalid`] naming the first problem; `too_many_events` for a batch over the limit.
+pub fn events_within(scratch: &mut [u8], max_events: usize) -> Result<usize, Invalid> {
+    let envelope = Envelope::parse(scratch)?;
+    if envelope.len() > max_events {
+        return Err(Invalid::schema(
             "too_many_events",
             "/events",
-            format!("{} events in one request; at most {} are allowed", events.len(), limits.max_events),
+            format!("{} events in one request; at most {max_events} are allowed", envelope.len()),
         ));
     }
-    let ctx = parse_ctx(root.remove("ctx"))?;
-    let events =
-        events.into_iter().enumerate().map(|(i, event)| parse_event(i, event)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Request { events, ctx })
-}
-
-fn parse_ctx(value: Option<Value<'_>>) -> Result<Ctx<'_>, Invalid> {
-    let mut ctx = match value {
-        None | Some(Value::Static(StaticNode::Null)) => {
-            return Err(schema("missing_field", "/ctx", "`ctx` is required"))
-        }
-        Some(Value::Object(ctx)) => ctx,
-        Some(other) => {
-            return Err(schema("invalid_type", "/ctx", format!("`ctx` must be an object, not {}", type_name(&other))))
-        }
-    };
-    let mut field = |name: &str| -> Result<Cow<'_, str>, Invalid> {
-        let path = format!("/ctx/{name}");
-        match ctx.remove(name) {
-            None | Some(Value::Static(StaticNode::Null)) => {
-                Err(schema("missing_field", path, format!("`ctx.{name}` is required")))
-            }
-            Some(Value::String(s)) => Ok(s),
-            Some(other) => {
-                Err(schema("invalid_field", path, format!("`ctx.{name}` must be a string, not {}", type_name(&other))))
-            }
-        }
-    };
-    Ok(Ctx { browser: field("browser")?, device: field("device")?, version: field("version")? })
-}
-
-fn parse_event(i: usize, value: Value<'_>) -> Result<Event<'_>, Invalid> {
-    let mut event = match value {
-        Value::Object(e) => e,
-        other => {
-            return Err(schema(
-                "invalid_type",
-                format!("/events/{i}"),
-                format!("an event must be an object, not {}", type_name(&other)),
-            ))
-        }
-    };
-    let path = |name: &str| format!("/events/{i}/{name}");
-    let event_type = match event.remove("event_type") {
-        None | Some(Value::Static(StaticNode::Null)) => {
-            return Err(schema("missing_field", path("event_type"), "`event_type` is required"))
-        }
-        Some(Value::String(s)) if !s.is_empty() => s,
-        Some(Value::String(_)) => {
-            return Err(schema("invalid_field", path("event_type"), "`event_type` must not be empty"))
-        }
-        Some(other) => {
-            return Err(schema(
-                "invalid_field",
-                path("event_type"),
-                format!("`event_type` must be a string, not {}", type_name(&other)),
-            ))
-        }
-    };
-    let event_time = match event.remove("event_time") {
-        None | Some(Value::Static(StaticNode::Null)) => return Err(schema("missing_field", path("event_time"), "`event_time` is required")),
-        Some(v) => parse_event_time(&v).ok_or_else(|| {
-            schema(
-                "invalid_field",
-                path("event_time"),
-                format!(
-                    "`event_time` must be a non-negative integer of milliseconds since the epoch (or a string of digits), not {}",
-                    describe(&v)
-                ),
-            )
-        })?,
-    };
-    let user_id = match event.remove("user_id") {
-        None | Some(Value::Static(StaticNode::Null)) => {
-            return Err(schema("missing_field", path("user_id"), "`user_id` is required"))
-        }
-        Some(Value::String(s)) if !s.is_empty() => UserId::Str(s),
-        Some(Value::Static(StaticNode::I64(n))) => UserId::Int(n as i128),
-        Some(Value::Static(StaticNode::U64(n))) => UserId::Int(n as i128),
-        Some(other) => {
-            return Err(schema(
-                "invalid_field",
-                path("user_id"),
-                format!("`user_id` must be a non-empty string or an integer, not {}", describe(&other)),
-            ))
-        }
-    };
-    let product_id = match event.remove("product_id") {
-        None | Some(Value::Static(StaticNode::Null)) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(other) => {
-            return Err(schema(
-                "invalid_field",
-                path("product_id"),
-                format!("`product_id` must be a string, not {}", type_name(&other)),
-            ))
-        }
-    };
-    Ok(Event { event_type, event_time, user_id, product_id })
-}
-
-fn parse_event_time(v: &Value<'_>) -> Option<i64> {
-    match v {
-        Value::Static(StaticNode::I64(n)) if *n >= 0 => Some(*n),
-        Value::Static(StaticNode::U64(n)) => i64::try_from(*n).ok(),
-        Value::String(s) if !s.is_empty() && s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-fn type_name(v: &Value<'_>) -> &'static str {
-    match v {
-        Value::Static(StaticNode::Null) => "null",
-        Value::Static(StaticNode::Bool(_)) => "a boolean",
-        Value::Static(StaticNode::F64(_)) => "a floating-point number",
-        Value::Static(_) => "an integer",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// Like [`type_name`] but shows short scalars, which helps people fix their tracker.
-fn describe(v: &Value<'_>) -> String {
-    match v {
-        Value::String(s) if s.len() <= 40 => format!("the string {s:?}"),
-        Value::Static(StaticNode::I64(n)) => format!("the integer {n}"),
-        Value::Static(StaticNode::F64(n)) => format!("the number {n}"),
-        other => type_name(other).to_string(),
-    }
+    Ok(envelope.validate()?.events.len())
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use crate::schema::InvalidKind;
+
+    #[test]
+    fn a_batch_over_the_event_limit_is_refused_before_its_events_are_checked() {
+        // Four events that are not even objects, and no valid ctx: the limit is reported.
+        let mut body = br#"{"events":[1,2,3,4],"ctx":{}}"#.to_vec();
+        let err = events_within(&mut body, 3).unwrap_err();
+        assert_eq!((err.kind, err.code, err.path.as_str()), (InvalidKind::Schema, "too_many_events", "/events"));
+        assert!(!err.message.is_empty());
+    }
+
+    #[test]
+    fn a_batch_at_the_limit_is_validated_and_counted() {
+        let event = r#"{"event_type":"a","event_time":1,"user_id":"u"}"#;
+        let mut body =
+            format!(r#"{{"events":[{event},{event},{event}],"ctx":{{"browser":"b","device":"d","version":"v"}}}}"#)
+                .into_bytes();
+        assert_eq!(events_within(&mut body, 3), Ok(3));
+        let mut bad = br#"{"events":[1],"ctx":{"browser":"b","device":"d","version":"v"}}"#.to_vec();
+        assert_eq!(events_within(&mut bad, 3).unwrap_err().path, "/events/0");
+    }
+}

@@ -12,7 +12,7 @@ use std::io::Write;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::ser::{Serialize, Serializer};
 
-use crate::ingest::validate::{self, Invalid, Limits, UserId};
+use crate::schema::{self, Invalid, UserId};
 
 /// One output row: key and JSON value, both slices of the batch buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,9 +58,9 @@ impl Transformer {
     pub fn transform(&mut self, raw: &[u8], rows: &mut Vec<Row>) -> Result<usize, Invalid> {
         self.scratch.clear();
         self.scratch.extend_from_slice(raw);
-        // No event limit here: what ingest accepted must always transform, whatever the
-        // ingest limit was then; foreign producers are bounded by Kafka's message size.
-        let request = validate::parse_request(&mut self.scratch, Limits { max_events: usize::MAX })?;
+        // No event limit here (the schema has none): what ingest accepted must always transform,
+        // whatever the ingest limit was then; foreign producers are bounded by Kafka's message size.
+        let request = schema::parse_request(&mut self.scratch)?;
         self.out.reserve(raw.len() * 2 + 64);
         for event in &request.events {
             match &event.user_id {
