@@ -4,10 +4,15 @@
 //! finish in-flight requests, let the flusher deliver what the WAL holds until the drain
 //! deadline, then stop the transform worker. Nothing acknowledged is lost if the deadline hits:
 //! it stays in the WAL for the next start.
+//!
+//! A stage that stops by itself with an error (invalid Kafka configuration, or fenced by another
+//! process with the same node id) starts that same drain: a collector whose flusher is gone
+//! must not keep acknowledging requests it will never deliver. The error is returned by
+//! [`Pipeline::stop`], so the process exits non-zero.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +25,8 @@ use tracing::{error, info, warn};
 use crate::flush::{FlushOptions, FlushStatus, Flusher};
 use crate::ingest::{self, IngestState, ServerOptions};
 use crate::kafka::{KafkaSettings, KafkaStageError};
+use crate::node::NodeId;
+use crate::retry::Stop;
 use crate::transform::{self, TransformOptions};
 use crate::wal::{LogOptions, LogStore, SledLog, WalError, WalWriter};
 
@@ -28,7 +35,7 @@ use crate::wal::{LogOptions, LogStore, SledLog, WalError, WalWriter};
 pub struct PipelineConfig {
     pub listen: SocketAddr,
     /// `None`: use the id stored in the WAL (generated when the WAL was created).
-    pub node_id: Option<String>,
+    pub node_id: Option<NodeId>,
     pub server: ServerOptions,
     pub wal: WalConfig,
     pub flush: FlushOptions,
@@ -64,9 +71,13 @@ pub enum AppError {
 /// A started pipeline.
 pub struct Pipeline {
     addr: SocketAddr,
+    /// True once shutdown started: asked for by [`Pipeline::stop`], or by a failed stage.
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), AppError>>,
 }
+
+/// A stage thread, joined from the async side; it starts the shutdown if it ends with an error.
+type StageTask = JoinHandle<Result<(), AppError>>;
 
 impl Pipeline {
     /// Opens the WAL, binds the listener and starts every stage.
@@ -74,85 +85,46 @@ impl Pipeline {
     /// # Errors
     /// [`AppError`] if the WAL cannot be opened or the address cannot be bound. An unreachable
     /// Kafka is not an error: ingest works and the flusher retries.
-    pub async fn start(mut config: PipelineConfig) -> Result<Pipeline, AppError> {
-        let sled_log = SledLog::open(
-            &config.wal.dir,
-            LogOptions {
-                segment_bytes: config.wal.segment_bytes,
-                cache_bytes: config.wal.cache_bytes,
-                idempotency_window_ms: config.wal.idempotency_window_ms,
-            },
-        )?;
-        let node_id = match config.node_id.clone() {
-            Some(id) => id,
-            None => sled_log.node_id(&crate::config::host_name())?,
-        };
-        config.flush.node_id = node_id.clone();
-        if let Some(t) = config.transform.as_mut() {
-            t.node_id = node_id.clone();
-        }
-        let log: Arc<dyn LogStore> = Arc::new(sled_log);
+    pub async fn start(config: PipelineConfig) -> Result<Pipeline, AppError> {
+        let (log, node) = open_wal(&config)?;
         let listener =
             TcpListener::bind(config.listen).await.map_err(|source| AppError::Bind { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: config.listen, source })?;
+        let (shutdown, _) = watch::channel(false);
         let writer = WalWriter::start(log.clone(), config.wal.group_commit_max);
-        let flush_status = Arc::new(FlushStatus::default());
         let runtime = tokio::runtime::Handle::current();
+        let flush_status = Arc::new(FlushStatus::default());
 
-        let (drain_tx, drain_rx) = watch::channel(None);
+        let (drain, drain_stop) = Stop::new();
         let flusher = Flusher {
             log: log.clone(),
             durable: writer.durable(),
             kafka: config.kafka.clone(),
             options: config.flush.clone(),
             status: flush_status.clone(),
+            node: node.clone(),
         }
-        .spawn(runtime.clone(), drain_rx);
-
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let worker = config
-            .transform
-            .clone()
-            .map(|options| transform::spawn(config.kafka.clone(), options, runtime.clone(), stop_rx));
+        .spawn(runtime.clone(), drain_stop);
+        let flusher = watch_stage(flusher, "flusher", shutdown.clone());
+        let (transform_stop, worker_stop) = Stop::new();
+        let worker = config.transform.clone().map(|options| {
+            let worker = transform::spawn(config.kafka.clone(), options, node.clone(), runtime.clone(), worker_stop);
+            watch_stage(worker, "transform worker", shutdown.clone())
+        });
 
         let state = Arc::new(IngestState {
             writer,
             log,
             options: config.server.clone(),
-            draining: AtomicBool::new(false),
-            node_id: node_id.clone(),
+            draining: Default::default(),
+            node_id: node.to_string(),
             started: Instant::now(),
             metrics: crate::telemetry::install(),
             flush: flush_status,
         });
-        let (shutdown, mut shutdown_rx) = watch::channel(false);
-        let app = ingest::router(state.clone());
-        info!(%addr, %node_id, guarantee = ?config.kafka.guarantee, transform = worker.is_some(), "Collector listening.");
-
-        let task = tokio::spawn(async move {
-            let signal_state = state.clone();
-            let signal = async move {
-                let _ = shutdown_rx.wait_for(|s| *s).await;
-                signal_state.draining.store(true, Ordering::Release);
-                info!("Shutting down: no new requests; finishing in-flight ones.");
-            };
-            ingest::serve(listener, app, config.server.header_timeout, config.server.shutdown_grace, signal).await;
-            drop(state);
-            let deadline = Instant::now() + config.drain_timeout;
-            info!(timeout_ms = config.drain_timeout.as_millis() as u64, "Delivering the WAL to Kafka before exit.");
-            let _ = drain_tx.send(Some(deadline));
-            // The flusher checks the deadline between Kafka calls, but one call (a transaction
-            // commit while Kafka is away) can block longer. Exiting anyway is safe: what was not
-            // acknowledged stays in the WAL, and the next start fences this producer and resumes
-            // from Kafka's committed position.
-            let flushed = bounded(join_thread(flusher), config.drain_timeout + STAGE_EXIT_GRACE, "flusher").await;
-            let _ = stop_tx.send(true);
-            let transformed = match worker {
-                Some(w) => bounded(join_thread(w), STAGE_EXIT_GRACE, "transform worker").await,
-                None => Ok(()),
-            };
-            flushed.and(transformed)
-        });
+        info!(%addr, %node, guarantee = ?config.kafka.guarantee, transform = worker.is_some(), "Collector listening.");
+        let stages = Stages { flusher, worker, drain, transform_stop };
+        let task = tokio::spawn(serve_then_drain(config, listener, state, shutdown.subscribe(), stages));
         Ok(Pipeline { addr, shutdown, task })
     }
 
@@ -161,10 +133,15 @@ impl Pipeline {
         self.addr
     }
 
-    /// Starts the graceful drain and waits for it to finish.
+    /// Resolves once shutdown has started, whoever started it (a stage that failed does).
+    pub async fn shutting_down(&self) {
+        let _ = self.shutdown.subscribe().wait_for(|s| *s).await;
+    }
+
+    /// Starts the graceful drain (if it has not started) and waits for it to finish.
     ///
     /// # Errors
-    /// A permanent stage error (e.g. invalid Kafka configuration) that ended a stage.
+    /// A permanent stage error (e.g. invalid Kafka configuration, or fenced) that ended a stage.
     pub async fn stop(self) -> Result<(), AppError> {
         let _ = self.shutdown.send(true);
         self.wait().await
@@ -179,34 +156,98 @@ impl Pipeline {
     }
 }
 
-/// Runs only the transform worker until `shutdown` resolves.
+/// Opens the WAL and settles the node id: `--node-id`, or the one the WAL stores.
+fn open_wal(config: &PipelineConfig) -> Result<(Arc<dyn LogStore>, NodeId), AppError> {
+    let sled_log = SledLog::open(
+        &config.wal.dir,
+        LogOptions {
+            segment_bytes: config.wal.segment_bytes,
+            cache_bytes: config.wal.cache_bytes,
+            idempotency_window_ms: config.wal.idempotency_window_ms,
+        },
+    )?;
+    let node = match config.node_id.clone() {
+        Some(id) => id,
+        None => {
+            let stored = sled_log.node_id(NodeId::host().as_str())?;
+            NodeId::parse(&stored).map_err(|e| WalError::Storage(format!("the node id stored in the WAL: {e}")))?
+        }
+    };
+    Ok((Arc::new(sled_log), node))
+}
+
+/// The stages behind ingest, and how to stop them.
+struct Stages {
+    flusher: StageTask,
+    worker: Option<StageTask>,
+    /// Gives the flusher its drain deadline.
+    drain: crate::retry::StopHandle,
+    transform_stop: crate::retry::StopHandle,
+}
+
+/// Serves HTTP until shutdown starts, then drains: in-flight requests, the WAL into Kafka (until
+/// the deadline), and finally the transform worker.
+async fn serve_then_drain(
+    config: PipelineConfig,
+    listener: TcpListener,
+    state: Arc<IngestState>,
+    mut shutdown: watch::Receiver<bool>,
+    stages: Stages,
+) -> Result<(), AppError> {
+    let app = ingest::router(state.clone());
+    let signal_state = state.clone();
+    let signal = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+        signal_state.draining.store(true, Ordering::Release);
+        info!("Shutting down: no new requests; finishing in-flight ones.");
+    };
+    ingest::serve(listener, app, config.server.header_timeout, config.server.shutdown_grace, signal).await;
+    drop(state);
+    info!(timeout_ms = config.drain_timeout.as_millis() as u64, "Delivering the WAL to Kafka before exit.");
+    stages.drain.stop_by(Instant::now() + config.drain_timeout);
+    // The flusher checks the deadline between Kafka calls, but one call (a transaction commit
+    // while Kafka is away) can block longer. Exiting anyway is safe: what was not acknowledged
+    // stays in the WAL, and the next start fences this producer and resumes from Kafka's
+    // committed position.
+    let flushed = bounded(stages.flusher, config.drain_timeout + STAGE_EXIT_GRACE, "flusher").await;
+    stages.transform_stop.stop_now();
+    let transformed = match stages.worker {
+        Some(w) => bounded(w, STAGE_EXIT_GRACE, "transform worker").await,
+        None => Ok(()),
+    };
+    flushed.and(transformed)
+}
+
+/// Runs only the transform worker until `shutdown` resolves or the worker fails.
 ///
 /// # Errors
-/// A permanent Kafka error, such as an invalid configuration.
+/// A permanent Kafka error, such as an invalid configuration or being fenced.
 pub async fn run_transform(
     kafka: KafkaSettings,
     options: TransformOptions,
+    node: NodeId,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AppError> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let worker = transform::spawn(kafka, options, tokio::runtime::Handle::current(), stop_rx);
-    shutdown.await;
+    let (stop, worker_stop) = Stop::new();
+    let (failed, mut failed_rx) = watch::channel(false);
+    let worker = transform::spawn(kafka, options, node, tokio::runtime::Handle::current(), worker_stop);
+    let worker = watch_stage(worker, "transform worker", failed);
+    tokio::select! {
+        () = shutdown => {}
+        _ = failed_rx.wait_for(|f| *f) => {}
+    }
     info!("Shutting down the transform worker.");
-    let _ = stop_tx.send(true);
-    bounded(join_thread(worker), STAGE_EXIT_GRACE + Duration::from_secs(5), "transform worker").await
+    stop.stop_now();
+    bounded(worker, STAGE_EXIT_GRACE + Duration::from_secs(5), "transform worker").await
 }
 
 /// How long a stage may take to stop after its deadline (or its stop signal).
 const STAGE_EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// Waits for a stage to stop, but not past `limit`.
-async fn bounded(
-    stage: impl std::future::Future<Output = Result<(), AppError>>,
-    limit: Duration,
-    name: &str,
-) -> Result<(), AppError> {
+async fn bounded(stage: StageTask, limit: Duration, name: &str) -> Result<(), AppError> {
     match tokio::time::timeout(limit, stage).await {
-        Ok(result) => result,
+        Ok(joined) => joined.map_err(|e| AppError::Panicked(e.to_string()))?,
         Err(_) => {
             warn!(stage = name, limit_ms = limit.as_millis() as u64, "A stage did not stop in time (a Kafka call is blocking); exiting anyway. Nothing is lost: the WAL and Kafka transactions resume on the next start.");
             Ok(())
@@ -214,14 +255,24 @@ async fn bounded(
     }
 }
 
-async fn join_thread(handle: std::thread::JoinHandle<Result<(), KafkaStageError>>) -> Result<(), AppError> {
-    let joined =
-        tokio::task::spawn_blocking(move || handle.join()).await.map_err(|e| AppError::Panicked(e.to_string()))?;
-    match joined {
-        Ok(result) => result.map_err(|e| {
-            error!(error = %e, "A stage stopped with an error.");
-            AppError::Kafka(e)
-        }),
-        Err(panic) => Err(AppError::Panicked(format!("{panic:?}"))),
-    }
+/// Joins a stage thread from the async side. If it ends with an error or a panic, `shutdown`
+/// is set, so the rest of the pipeline drains and the process exits with that error.
+fn watch_stage(
+    handle: std::thread::JoinHandle<Result<(), KafkaStageError>>,
+    name: &'static str,
+    shutdown: watch::Sender<bool>,
+) -> StageTask {
+    tokio::spawn(async move {
+        let joined =
+            tokio::task::spawn_blocking(move || handle.join()).await.map_err(|e| AppError::Panicked(e.to_string()))?;
+        let result = match joined {
+            Ok(result) => result.map_err(AppError::Kafka),
+            Err(panic) => Err(AppError::Panicked(format!("{panic:?}"))),
+        };
+        if let Err(e) = &result {
+            error!(stage = name, error = %e, "A stage stopped with an error; shutting down.");
+            let _ = shutdown.send(true);
+        }
+        result
+    })
 }

@@ -12,8 +12,8 @@ use thiserror::Error;
 use crate::app::{PipelineConfig, WalConfig};
 use crate::flush::FlushOptions;
 use crate::ingest::{BodyLimits, ServerOptions};
-use crate::kafka::txn::TxnTimeouts;
-use crate::kafka::{Guarantee, KafkaSettings, KafkaStageError};
+use crate::kafka::{Guarantee, KafkaSettings, KafkaStageError, ProducerOptions, TxnTimeouts};
+use crate::node::NodeId;
 use crate::transform::TransformOptions;
 
 const MIB: u64 = 1024 * 1024;
@@ -274,10 +274,18 @@ impl KafkaArgs {
     }
 }
 
+impl TransformCmd {
+    /// Everything `collector transform` needs: Kafka settings, the node id (`--node-id`, else
+    /// the host name) and the worker's options.
+    pub fn worker(&self) -> Result<(KafkaSettings, NodeId, TransformOptions), ConfigError> {
+        let node = node_id(self.node_id.as_deref())?.unwrap_or_else(NodeId::host);
+        Ok((self.kafka.settings()?, node, self.transform.options(&self.kafka)?))
+    }
+}
+
 impl TransformArgs {
-    /// The worker's options; `node_id` names its transactional producer
-    /// (`collector-transform-<node id>`).
-    pub fn options(&self, node_id: &str, kafka: &KafkaArgs) -> Result<TransformOptions, ConfigError> {
+    /// The worker's options.
+    pub fn options(&self, kafka: &KafkaArgs) -> Result<TransformOptions, ConfigError> {
         if self.group_id.is_empty() {
             return Err(ConfigError::Invalid("--group-id must not be empty".into()));
         }
@@ -285,10 +293,11 @@ impl TransformArgs {
             group_id: self.group_id.clone(),
             batch_messages: positive("--transform-batch", self.transform_batch as u64)? as usize,
             batch_wait: Duration::from_millis(positive("--transform-wait-ms", self.transform_wait_ms)?),
-            linger_ms: self.transform_linger_ms,
-            message_timeout_ms: positive("--transform-message-timeout-ms", self.transform_message_timeout_ms)?,
-            node_id: node_id.to_string(),
-            txn: kafka.txn()?,
+            producer: ProducerOptions {
+                linger_ms: self.transform_linger_ms,
+                message_timeout_ms: positive("--transform-message-timeout-ms", self.transform_message_timeout_ms)?,
+                txn: kafka.txn()?,
+            },
         })
     }
 }
@@ -317,7 +326,7 @@ impl ServeArgs {
         }
         Ok(PipelineConfig {
             listen: i.listen,
-            node_id: node_id.clone(),
+            node_id,
             server: ServerOptions {
                 body: BodyLimits {
                     max_body_bytes: positive("--max-body-bytes", i.max_body_bytes as u64)? as usize,
@@ -339,48 +348,26 @@ impl ServeArgs {
             flush: FlushOptions {
                 batch_records: positive("--flush-batch-records", self.flush.flush_batch_records as u64)? as usize,
                 batch_bytes: (positive("--flush-batch-mib", self.flush.flush_batch_mib)? * MIB) as usize,
-                linger_ms: self.flush.flush_linger_ms,
-                message_timeout_ms: positive("--flush-message-timeout-ms", self.flush.flush_message_timeout_ms)?,
+                producer: ProducerOptions {
+                    linger_ms: self.flush.flush_linger_ms,
+                    message_timeout_ms: positive("--flush-message-timeout-ms", self.flush.flush_message_timeout_ms)?,
+                    txn: self.kafka.txn()?,
+                },
                 max_backoff: Duration::from_millis(positive(
                     "--flush-max-backoff-ms",
                     self.flush.flush_max_backoff_ms,
                 )?),
-                txn: self.kafka.txn()?,
-                // Set by `app::Pipeline::start` once the WAL is open (it may own the id).
-                node_id: String::new(),
             },
             drain_timeout: Duration::from_millis(self.flush.drain_timeout_ms),
             kafka,
-            // The node id is set by `app::Pipeline::start` too.
-            transform: transform.map(|t| t.options("", &self.kafka)).transpose()?,
+            transform: transform.map(|t| t.options(&self.kafka)).transpose()?,
         })
     }
 }
 
 /// Validates an explicit `--node-id`: it becomes part of Kafka ids and group names.
-pub fn node_id(given: Option<&str>) -> Result<Option<String>, ConfigError> {
-    match given {
-        None => Ok(None),
-        Some(id)
-            if !id.is_empty()
-                && id.len() <= 100
-                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
-        {
-            Ok(Some(id.to_string()))
-        }
-        Some(id) => Err(ConfigError::Invalid(format!(
-            "--node-id {id:?} must be 1 to 100 characters of letters, digits, '.', '_' or '-'"
-        ))),
-    }
-}
-
-/// The host name, for a transform worker without `--node-id`.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty() && node_id(Some(h)).is_ok())
-        .unwrap_or_else(|| "collector".into())
+fn node_id(given: Option<&str>) -> Result<Option<NodeId>, ConfigError> {
+    given.map(NodeId::parse).transpose().map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
 #[cfg(test)]

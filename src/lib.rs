@@ -37,6 +37,8 @@ pub mod config;
 pub mod flush;
 pub mod ingest;
 pub mod kafka;
+pub mod node;
+pub mod retry;
 pub mod schema;
 pub mod telemetry;
 pub mod transform;

@@ -44,12 +44,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 serve(config).await
             }
             Command::Transform(args) => {
-                let kafka = args.kafka.settings().context("invalid configuration")?;
-                let node_id = collector::config::node_id(args.node_id.as_deref())
-                    .context("invalid configuration")?
-                    .unwrap_or_else(collector::config::host_name);
-                let options = args.transform.options(&node_id, &args.kafka).context("invalid configuration")?;
-                app::run_transform(kafka, options, shutdown_signal()).await?;
+                let (kafka, node, options) = args.worker().context("invalid configuration")?;
+                app::run_transform(kafka, options, node, shutdown_signal()).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Wal(_) => unreachable!("handled above"),
@@ -63,7 +59,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn serve(config: app::PipelineConfig) -> Result<ExitCode> {
     let pipeline = Pipeline::start(config).await?;
-    shutdown_signal().await;
+    // Until a signal, or until a stage fails by itself (which has started the drain already).
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = pipeline.shutting_down() => {}
+    }
     pipeline.stop().await?;
     Ok(ExitCode::SUCCESS)
 }

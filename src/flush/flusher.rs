@@ -1,20 +1,23 @@
-//! The flusher loop: read durable WAL records, hand them to a sink, acknowledge what Kafka has.
+//! The flusher loop: read durable WAL records, put them into Kafka through the outbox,
+//! acknowledge what Kafka has.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use super::backoff::Backoff;
-use super::sink::{Delivery, Sink};
-use crate::kafka::txn::TxnTimeouts;
-use crate::kafka::{self, Guarantee, KafkaSettings, KafkaStageError};
-use crate::wal::LogStore;
+use super::position::{KafkaPositions, PositionStore};
+use super::status::FlushStatus;
+use crate::kafka::outbox::{self, Outcome};
+use crate::kafka::ProducerOptions;
+use crate::kafka::{self, headers, Guarantee, KafkaSettings, KafkaStageError, OutMessage, Outbox, OutboxError};
+use crate::node::NodeId;
+use crate::retry::{Backoff, Stop};
+use crate::wal::{record, LogStore, ReadRecord};
 
 /// Settings of the flusher.
 #[derive(Debug, Clone)]
@@ -23,55 +26,10 @@ pub struct FlushOptions {
     pub batch_records: usize,
     /// About this many payload bytes per batch at most.
     pub batch_bytes: usize,
-    /// librdkafka `linger.ms`: how long the producer waits to fill a request.
-    pub linger_ms: u64,
-    /// At-least-once mode: librdkafka `message.timeout.ms`; after it a message counts as failed
-    /// and is resent.
-    pub message_timeout_ms: u64,
-    /// Exactly-once mode: transaction timing.
-    pub txn: TxnTimeouts,
+    /// The raw topic's producer.
+    pub producer: ProducerOptions,
     /// Upper bound of the retry backoff while Kafka is unreachable.
     pub max_backoff: Duration,
-    /// Identifies this collector: message headers, `transactional.id`, position group.
-    pub node_id: String,
-}
-
-/// Live state of the flusher for the status page.
-#[derive(Debug, Default)]
-pub struct FlushStatus {
-    kafka_ok: AtomicBool,
-    delivered_records: AtomicU64,
-    last_error: Mutex<Option<String>>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct FlushSnapshot {
-    /// The last batch went through.
-    pub kafka_ok: bool,
-    /// Records delivered since start.
-    pub delivered_records: u64,
-    pub last_error: Option<String>,
-}
-
-impl FlushStatus {
-    pub fn snapshot(&self) -> FlushSnapshot {
-        FlushSnapshot {
-            kafka_ok: self.kafka_ok.load(Ordering::Relaxed),
-            delivered_records: self.delivered_records.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().expect("status lock poisoned").clone(),
-        }
-    }
-
-    fn ok(&self, records: usize) {
-        self.kafka_ok.store(true, Ordering::Relaxed);
-        self.delivered_records.fetch_add(records as u64, Ordering::Relaxed);
-        *self.last_error.lock().expect("status lock poisoned") = None;
-    }
-
-    pub(super) fn failed(&self, error: String) {
-        self.kafka_ok.store(false, Ordering::Relaxed);
-        *self.last_error.lock().expect("status lock poisoned") = Some(error);
-    }
 }
 
 /// Drains a WAL into Kafka on its own thread.
@@ -82,130 +40,106 @@ pub struct Flusher {
     pub kafka: KafkaSettings,
     pub options: FlushOptions,
     pub status: Arc<FlushStatus>,
-}
-
-/// Tells a running flusher to finish: deliver what is durable, until the deadline.
-pub type DrainSignal = watch::Receiver<Option<Instant>>;
-
-/// What a sink needs from the loop: where to run async calls and when to give up.
-pub(super) struct Ctx<'a> {
-    pub runtime: &'a Handle,
-    pub drain: &'a DrainSignal,
-    pub backoff: &'a mut Backoff,
-    pub status: &'a FlushStatus,
-    pub kafka: &'a KafkaSettings,
-    pub options: &'a FlushOptions,
-}
-
-impl Ctx<'_> {
-    /// Sleeps for the backoff; true if the drain deadline has passed (give up).
-    pub fn pause(&mut self) -> bool {
-        self.runtime.block_on(self.backoff.sleep_or_drain(&mut self.drain.clone())) || self.past_deadline()
-    }
-
-    pub fn past_deadline(&self) -> bool {
-        self.drain.borrow().is_some_and(|d| Instant::now() >= d)
-    }
+    /// Names the producer, the position group and the `collector-node` header.
+    pub node: NodeId,
 }
 
 impl Flusher {
-    /// Starts the flusher thread. It returns when `drain` carries a deadline and either the WAL
-    /// is fully delivered or the deadline passed.
+    /// Starts the flusher thread. Once `stop` carries a deadline it returns when the WAL is
+    /// fully delivered or the deadline passed, whichever comes first.
     ///
     /// # Errors
-    /// Only permanent errors end the thread early: an invalid producer configuration.
-    pub fn spawn(self, runtime: Handle, drain: DrainSignal) -> JoinHandle<Result<(), KafkaStageError>> {
+    /// Only permanent errors end the thread early: an invalid producer configuration, or being
+    /// fenced by another process with the same node id.
+    pub fn spawn(self, runtime: Handle, stop: Stop) -> JoinHandle<Result<(), KafkaStageError>> {
         std::thread::Builder::new()
             .name("flusher".into())
-            .spawn(move || self.run(runtime, drain))
+            .spawn(move || self.run(runtime, stop))
             .expect("spawning the flusher thread")
     }
 
-    fn run(self, runtime: Handle, mut drain: DrainSignal) -> Result<(), KafkaStageError> {
+    fn run(self, runtime: Handle, stop: Stop) -> Result<(), KafkaStageError> {
         let mut backoff = Backoff::new(self.options.max_backoff);
-        let mut sink = Sink::new(&self.kafka, &self.options)?;
         let mut topics = vec![self.kafka.raw_topic.as_str()];
-        if self.kafka.guarantee == Guarantee::ExactlyOnce {
-            topics.push(self.kafka.positions_topic.as_str());
-        }
-        let mut ctx = self.ctx(&runtime, &drain, &mut backoff);
-
+        let positions = match self.kafka.guarantee {
+            Guarantee::ExactlyOnce => {
+                topics.push(self.kafka.positions_topic.as_str());
+                Some(KafkaPositions::new(&self.kafka, &self.node, self.options.producer.txn.operation)?)
+            }
+            Guarantee::AtLeastOnce => None,
+        };
         // Topics first; without them every send fails.
-        loop {
-            match runtime.block_on(kafka::ensure_topics(&self.kafka, &topics)) {
-                Ok(()) => break,
-                Err(e) if e.is_retryable() => {
-                    self.status.failed(e.to_string());
-                    warn!(error = %e, "Cannot create the topics yet; the WAL keeps the data meanwhile.");
-                    if ctx.past_deadline() || ctx.pause() {
-                        warn!(
-                            "Drain deadline reached before Kafka was reachable; undelivered records stay in the WAL."
-                        );
-                        return Ok(());
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+        let created = kafka::ensure_topics_retrying(&self.kafka, &topics, &runtime, &stop, &mut backoff, |e| {
+            self.status.failed(e.to_string());
+            warn!(error = %e, "Cannot create the topics yet; the WAL keeps the data meanwhile.");
+        })?;
+        if !created {
+            warn!("Drain deadline reached before Kafka was reachable; undelivered records stay in the WAL.");
+            return Ok(());
         }
-        ctx.backoff.reset();
+        let transactional_id = self.node.flush_transactional_id();
+        let mut outbox = outbox::open(&self.kafka, self.kafka.guarantee, transactional_id, &self.options.producer);
+        FlushLoop {
+            flusher: &self,
+            outbox: outbox.as_mut(),
+            positions: positions.as_ref().map(|p| p as &dyn PositionStore),
+            runtime: &runtime,
+            stop: &stop,
+            backoff,
+        }
+        .run()
+    }
+}
 
-        let mut next = self.log.stats().delivered_through + 1;
-        // Exactly-once: Kafka's committed position is the truth; the local watermark may lag it
-        // by the batch that was committed just before a crash.
-        match sink.resume_point(&mut ctx) {
-            None => return Ok(()),
-            Some(Some(committed_next)) if committed_next > self.log.opened_next_seq() => {
-                // Kafka holds a position beyond any number this WAL had handed out: it belongs
-                // to another WAL under the same node id (a replaced directory). Skipping to it
-                // would drop this WAL's records unsent; send them instead.
-                error!(
-                    kafka = committed_next,
-                    wal_next = self.log.opened_next_seq(),
-                    "Kafka's committed position for this node id is ahead of this WAL: the WAL directory was replaced or lost. Ignoring the position; give each WAL its own --node-id."
-                );
-            }
-            Some(Some(committed_next)) if committed_next > next => {
-                info!(
-                    local = next,
-                    kafka = committed_next,
-                    "Kafka already has records the WAL had not marked delivered; skipping them."
-                );
-                self.ack(committed_next - 1);
-                next = committed_next;
-            }
-            Some(_) => {}
-        }
-        let mut durable = self.durable.clone();
-        info!(next_seq = next, guarantee = ?self.kafka.guarantee, "Flusher started.");
+/// The loop proper, over any outbox and position store (unit tests use fakes).
+pub(super) struct FlushLoop<'a> {
+    pub flusher: &'a Flusher,
+    pub outbox: &'a mut dyn Outbox,
+    /// Exactly-once: where the committed position is read from and committed to.
+    pub positions: Option<&'a dyn PositionStore>,
+    pub runtime: &'a Handle,
+    pub stop: &'a Stop,
+    pub backoff: Backoff,
+}
+
+impl FlushLoop<'_> {
+    pub fn run(mut self) -> Result<(), KafkaStageError> {
+        let Some(mut next) = self.resume()? else {
+            warn!("Drain deadline reached before Kafka was reachable; undelivered records stay in the WAL.");
+            return Ok(());
+        };
+        let f = self.flusher;
+        let mut durable = f.durable.clone();
+        info!(next_seq = next, guarantee = ?f.kafka.guarantee, "Flusher started.");
         loop {
             let upto = *durable.borrow_and_update();
             if next > upto {
-                if drain.borrow().is_some() {
+                if self.stop.requested() {
                     info!(delivered_through = next - 1, "The WAL is fully delivered; flusher stopping.");
                     return Ok(());
                 }
-                runtime.block_on(async {
+                let mut stop = self.stop.clone();
+                self.runtime.block_on(async {
                     tokio::select! {
                         _ = durable.changed() => {}
-                        _ = drain.changed() => {}
+                        () = stop.changed() => {}
                         () = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
                 });
                 continue;
             }
-            let mut ctx = self.ctx(&runtime, &drain, &mut backoff);
-            if ctx.past_deadline() {
+            if self.stop.expired() {
                 warn!(
                     pending = upto + 1 - next,
                     "Drain deadline reached; undelivered records stay in the WAL for the next start."
                 );
                 return Ok(());
             }
-            let records = match self.log.read(next, upto, self.options.batch_records, self.options.batch_bytes) {
+            let records = match f.log.read(next, upto, f.options.batch_records, f.options.batch_bytes) {
                 Ok(r) => r,
                 Err(e) => {
                     error!(error = %e, "Reading the WAL failed; retrying.");
-                    ctx.pause();
+                    self.backoff.pause(self.runtime, self.stop);
                     continue;
                 }
             };
@@ -215,22 +149,9 @@ impl Flusher {
                 next = upto + 1;
                 continue;
             };
-            match sink.deliver(&records, last, &mut ctx) {
-                Delivery::Done => {
-                    self.ack(last);
-                    self.status.ok(records.len());
-                    crate::telemetry::flush_delivered(records.len());
-                    next = last + 1;
-                }
-                Delivery::Resync(committed_next) => {
-                    // Only this batch can have been committed behind our back; a position past
-                    // it is not ours (see the resume check above).
-                    if committed_next > next && committed_next <= last + 1 {
-                        self.ack(committed_next - 1);
-                        next = committed_next;
-                    }
-                }
-                Delivery::Abandoned => {
+            match self.deliver(&records, next, last)? {
+                Some(after) => next = after,
+                None => {
                     warn!("Drain deadline reached while delivering; undelivered records stay in the WAL.");
                     return Ok(());
                 }
@@ -238,15 +159,123 @@ impl Flusher {
         }
     }
 
-    fn ctx<'a>(&'a self, runtime: &'a Handle, drain: &'a DrainSignal, backoff: &'a mut Backoff) -> Ctx<'a> {
-        Ctx { runtime, drain, backoff, status: &self.status, kafka: &self.kafka, options: &self.options }
+    /// Makes the outbox ready and finds where to start: after the WAL's watermark, or after
+    /// Kafka's committed position if that is ahead (exactly-once: the local watermark may lag
+    /// it by the batch committed just before a crash). `None` if the deadline passed first.
+    fn resume(&mut self) -> Result<Option<u64>, KafkaStageError> {
+        let next = self.flusher.log.stats().delivered_through + 1;
+        let Some(committed) = self.connect()? else { return Ok(None) };
+        // A position beyond any number this WAL had handed out belongs to another WAL under the
+        // same node id (a replaced directory).
+        Ok(Some(self.adopt(next, committed, self.flusher.log.opened_next_seq())))
+    }
+
+    /// Delivers one batch, `records` = `next..=last`. Returns where to go on, or `None` if
+    /// the drain deadline passed first.
+    fn deliver(&mut self, records: &[ReadRecord], next: u64, last: u64) -> Result<Option<u64>, KafkaStageError> {
+        self.backoff.reset();
+        let f = self.flusher;
+        let messages = raw_messages(records, &f.kafka.raw_topic, &f.node);
+        let offsets = self.positions.map(|p| p.offsets(last + 1));
+        let (runtime, stop, backoff) = (self.runtime, self.stop, &mut self.backoff);
+        let outcome = outbox::deliver(self.outbox, &messages, offsets.as_ref(), |e| {
+            let message = format!("delivering records {next}..={last} failed: {e}");
+            warn!(%message, "Kafka did not take a batch; retrying it.");
+            f.status.failed(message);
+            crate::telemetry::flush_failed();
+            !backoff.pause(runtime, stop)
+        })?;
+        match outcome {
+            Outcome::Delivered(_) => {
+                self.ack(last);
+                f.status.ok(records.len());
+                crate::telemetry::flush_delivered(records.len());
+                Ok(Some(last + 1))
+            }
+            Outcome::GaveUp => Ok(None),
+            // The batch may have committed after all: the new producer settled it, and the
+            // committed position says. Only this batch can have been committed behind our back.
+            Outcome::Uncertain => Ok(self.connect()?.map(|committed| self.adopt(next, committed, last + 1))),
+        }
+    }
+
+    /// Connects the outbox and reads the committed position, retrying until the deadline:
+    /// `Some(position)` (itself `None` when nothing was ever committed, or at-least-once), or
+    /// `None` if the deadline passed first.
+    fn connect(&mut self) -> Result<Option<Option<u64>>, KafkaStageError> {
+        loop {
+            let read = self.outbox.connect().and_then(|_| match self.positions {
+                Some(p) => p.committed().map_err(OutboxError::Unavailable),
+                None => Ok(None),
+            });
+            match read {
+                Ok(position) => return Ok(Some(position)),
+                Err(e) if e.is_permanent() => return Err(e.into()),
+                Err(e) => {
+                    self.flusher.status.failed(e.to_string());
+                    warn!(error = %e, "Cannot start a Kafka transaction yet; the WAL keeps the data meanwhile.");
+                    if self.backoff.pause(self.runtime, self.stop) {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where to go on from `next` given Kafka's committed position: skip (and acknowledge)
+    /// what Kafka already has, but never trust a position above `limit`, which this WAL cannot
+    /// have produced.
+    fn adopt(&self, next: u64, committed: Option<u64>, limit: u64) -> u64 {
+        match committed {
+            Some(position) if position > limit => {
+                error!(
+                    kafka = position,
+                    wal_next = self.flusher.log.opened_next_seq(),
+                    "Kafka's committed position for this node id is ahead of this WAL: the WAL directory was replaced or lost. Ignoring the position; give each WAL its own --node-id."
+                );
+                next
+            }
+            Some(position) if position > next => {
+                info!(
+                    local = next,
+                    kafka = position,
+                    "Kafka already has records the WAL had not marked delivered; skipping them."
+                );
+                self.ack(position - 1);
+                position
+            }
+            _ => next,
+        }
     }
 
     fn ack(&self, seq: u64) {
-        if let Err(e) = self.log.ack_through(seq) {
+        if let Err(e) = self.flusher.log.ack_through(seq) {
             // Not fatal: Kafka has the records. Exactly-once mode skips them again after a
             // restart (Kafka's position wins); at-least-once mode sends them again.
             error!(error = %e, seq, "Recording the delivered position in the WAL failed.");
         }
     }
+}
+
+/// One raw-topic message per readable record: the body as received, with its sequence number,
+/// receive time, node and client in headers.
+fn raw_messages<'r>(records: &'r [ReadRecord], topic: &'r str, node: &'r NodeId) -> Vec<OutMessage<'r>> {
+    records
+        .iter()
+        .filter_map(|rec| {
+            let frame = rec.frame.as_ref()?;
+            let entry = record::decode(frame).expect("records are checked when read");
+            Some(OutMessage {
+                topic,
+                key: None,
+                payload: Some(entry.payload),
+                headers: vec![
+                    (headers::SEQ, Cow::Owned(rec.seq.to_string().into_bytes())),
+                    (headers::RECEIVED_AT, Cow::Owned(entry.received_at_ms.to_string().into_bytes())),
+                    (headers::NODE, Cow::Borrowed(node.as_str().as_bytes())),
+                    (headers::CLIENT, Cow::Borrowed(entry.client.as_bytes())),
+                ],
+            })
+        })
+        .collect()
 }

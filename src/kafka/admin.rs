@@ -2,9 +2,11 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::types::RDKafkaErrorCode;
+use tokio::runtime::Handle;
 use tracing::info;
 
 use super::{KafkaSettings, KafkaStageError, LogContext};
+use crate::retry::{Backoff, Stop};
 
 /// Creates each of `topics` that does not exist yet, with the configured partitions and
 /// replication (the positions topic gets one partition: only its partition 0 is used).
@@ -35,4 +37,34 @@ pub async fn ensure_topics(settings: &KafkaSettings, topics: &[&str]) -> Result<
         }
     }
     Ok(())
+}
+
+/// [`ensure_topics`], retried with `backoff` until it succeeds (true), `stop`'s deadline passes
+/// first (false), or the error is permanent. `on_retry` reports each failure before the pause.
+///
+/// # Errors
+/// A permanent [`KafkaStageError`] (invalid configuration).
+pub fn ensure_topics_retrying(
+    settings: &KafkaSettings,
+    topics: &[&str],
+    runtime: &Handle,
+    stop: &Stop,
+    backoff: &mut Backoff,
+    mut on_retry: impl FnMut(&KafkaStageError),
+) -> Result<bool, KafkaStageError> {
+    loop {
+        match runtime.block_on(ensure_topics(settings, topics)) {
+            Ok(()) => {
+                backoff.reset();
+                return Ok(true);
+            }
+            Err(e) if e.is_retryable() => {
+                on_retry(&e);
+                if stop.expired() || backoff.pause(runtime, stop) {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -7,10 +7,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 /// Producer context that counts outstanding deliveries and records failures.
@@ -29,15 +26,7 @@ struct Tracked {
 
 pub type TrackingProducer = BaseProducer<TrackingContext>;
 
-impl ClientContext for TrackingContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        super::context::log(level, fac, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        super::context::error(error, reason);
-    }
-}
+super::context::logs_to_tracing!(TrackingContext);
 
 impl ProducerContext for TrackingContext {
     type DeliveryOpaque = usize;
@@ -120,11 +109,4 @@ impl<'p> Batch<'p> {
             self.producer.poll(Duration::from_millis(100));
         }
     }
-}
-
-/// Builds headers from `(name, value)` pairs.
-pub fn headers(pairs: &[(&str, &[u8])]) -> OwnedHeaders {
-    pairs.iter().fold(OwnedHeaders::new_with_capacity(pairs.len()), |h, (key, value)| {
-        h.insert(Header { key, value: Some(*value) })
-    })
 }

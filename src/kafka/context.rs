@@ -4,13 +4,12 @@
 //! again; the stages report their own state (status page, metrics, one warning per retry), so
 //! those repeats are logged at debug level instead of flooding the log with errors.
 
-use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tracing::{debug, error as error_log, info, warn};
 
-pub(super) fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+pub fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
     match level {
         RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
             // Connection failures are also reported through `error`; keep one of the two.
@@ -22,7 +21,7 @@ pub(super) fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
     }
 }
 
-pub(super) fn error(error: KafkaError, reason: &str) {
+pub fn error(error: KafkaError, reason: &str) {
     match error.rdkafka_error_code() {
         Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => {
             debug!(target: "librdkafka", %error, "{reason}")
@@ -31,18 +30,27 @@ pub(super) fn error(error: KafkaError, reason: &str) {
     }
 }
 
+/// Implements `ClientContext` for a context type by routing librdkafka's logs and errors
+/// through [`log`] and [`error`]: the one place every client of the collector logs from.
+macro_rules! logs_to_tracing {
+    ($context:ty) => {
+        impl rdkafka::client::ClientContext for $context {
+            fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+                $crate::kafka::context::log(level, fac, message);
+            }
+
+            fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+                $crate::kafka::context::error(error, reason);
+            }
+        }
+    };
+}
+pub(crate) use logs_to_tracing;
+
 /// Context for admin clients and consumers that need nothing but sane logging.
 #[derive(Default)]
 pub struct LogContext;
 
-impl ClientContext for LogContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        log(level, fac, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self::error(error, reason);
-    }
-}
+logs_to_tracing!(LogContext);
 
 impl ConsumerContext for LogContext {}

@@ -14,10 +14,24 @@ pub enum KafkaStageError {
     Client(#[from] KafkaError),
     #[error("creating topic {topic} failed: {reason}")]
     CreateTopic { topic: String, reason: String },
+    /// Another live process initialised this stage's `transactional.id`: two processes share a
+    /// node id. Retrying would only fence the other one in turn.
+    #[error("{0}")]
+    Fenced(String),
+}
+
+impl From<super::OutboxError> for KafkaStageError {
+    fn from(e: super::OutboxError) -> Self {
+        match e {
+            super::OutboxError::Config(reason) => KafkaStageError::Config(reason),
+            fenced @ super::OutboxError::Fenced(_) => KafkaStageError::Fenced(fenced.to_string()),
+            other => KafkaStageError::Config(format!("unexpected producer failure: {other}")),
+        }
+    }
 }
 
 impl KafkaStageError {
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, KafkaStageError::Config(_))
+        !matches!(self, KafkaStageError::Config(_) | KafkaStageError::Fenced(_))
     }
 }

@@ -3,21 +3,24 @@
 //! # Contract
 //! [`KafkaSettings`] turns the command line into librdkafka configurations (user-supplied
 //! properties win over ours, so TLS/SASL and tuning pass straight through). [`ensure_topics`]
-//! creates missing topics and leaves existing ones alone. [`Batch`] sends a batch through a
-//! `BaseProducer` and waits until Kafka confirmed or refused every message, reporting which
-//! ones failed, so callers acknowledge only what Kafka has.
+//! creates missing topics and leaves existing ones alone. The [`outbox`] is the one way a stage
+//! produces: a batch plus the stage's offsets, committed together (exactly-once) or delivered
+//! with every refusal reported (at-least-once); it sends through [`batch::Batch`], which waits
+//! until Kafka confirmed or refused every message. Every client logs through one context
+//! ([`LogContext`] and the `logs_to_tracing!` macro).
 
 mod admin;
-mod batch;
-mod context;
+pub mod batch;
+pub(crate) mod context;
 mod error;
+pub mod outbox;
 mod settings;
-pub mod txn;
 
-pub use admin::ensure_topics;
-pub use batch::{headers as make_headers, Batch, BatchOutcome, TrackingContext, TrackingProducer};
+pub use admin::{ensure_topics, ensure_topics_retrying};
+pub(crate) use context::logs_to_tracing;
 pub use context::LogContext;
 pub use error::KafkaStageError;
+pub use outbox::{Delivered, Offsets, OutMessage, Outbox, OutboxError, ProducerOptions, TxnTimeouts};
 pub use settings::{Guarantee, KafkaSettings, MESSAGE_OVERHEAD_BYTES};
 
 /// Header names on raw (`collect-topic1`) messages.

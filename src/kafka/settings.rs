@@ -63,28 +63,6 @@ impl KafkaSettings {
         config
     }
 
-    /// An idempotent `acks=all` producer that reports every delivery (see [`super::Batch`]).
-    ///
-    /// # Errors
-    /// [`KafkaStageError::Config`] when librdkafka rejects the configuration.
-    pub fn tracking_producer(
-        &self,
-        linger_ms: u64,
-        message_timeout_ms: u64,
-    ) -> Result<super::TrackingProducer, KafkaStageError> {
-        let linger = linger_ms.to_string();
-        let timeout = message_timeout_ms.to_string();
-        self.client_config(&[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("compression.type", "lz4"),
-            ("linger.ms", &linger),
-            ("message.timeout.ms", &timeout),
-        ])
-        .create_with_context(super::TrackingContext::default())
-        .map_err(|e| KafkaStageError::Config(e.to_string()))
-    }
-
     /// Parses `key=value` pairs as given on the command line.
     ///
     /// # Errors

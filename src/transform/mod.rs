@@ -4,17 +4,24 @@
 //! In: messages of the raw topic, read as a consumer group (`read_committed`, from the earliest
 //! offset when the group is new). Out: for each event, one message on the transformed topic,
 //! key = `user_id`, value = `{"event_type","event_time","user_id","browser","device"}`
-//! ([`row`]). A raw message the transform cannot read goes, unchanged, to the dead-letter topic
-//! with the reason in the `collector-error` header; it never stalls its partition.
+//! ([`row`], reading bodies with [`crate::schema`]). A raw message the transform cannot read
+//! goes, unchanged, to the dead-letter topic with the reason in the `collector-error` header;
+//! it never stalls its partition. It produces through the [`crate::kafka::outbox`].
 //!
 //! Exactly-once (default): rows, dead letters and the consumer offsets of a batch are one Kafka
 //! transaction (`transactional.id` = `collector-transform-<node id>`), so for `read_committed`
-//! readers each raw message yields its rows once, across crashes and rebalances.
+//! readers each raw message yields its rows once, across crashes and rebalances. Fenced by
+//! another live worker with the same node id, the worker stops with an error.
 //! At-least-once: offsets are committed after Kafka confirmed every row; a crash (or rebalance)
 //! in between produces the batch's rows again.
 
+mod outs;
 pub mod row;
+pub mod source;
 mod worker;
 
 pub use row::{Row, Transformer};
 pub use worker::{spawn, TransformOptions};
+
+#[cfg(test)]
+mod tests;

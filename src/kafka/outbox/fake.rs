@@ -1,0 +1,107 @@
+//! A scripted [`Outbox`] for unit tests of the stages: each `deliver` takes the next step of
+//! the script (commit, or fail with a given error) and records what it was asked to send.
+
+use std::collections::VecDeque;
+
+use super::{Delivered, Offsets, OutMessage, Outbox, OutboxError};
+
+/// What the fake does on one `deliver`.
+#[derive(Debug)]
+pub enum Step {
+    /// Takes the batch (and the offsets).
+    Commit,
+    /// Fails with this error; the batch is not taken.
+    Fail(OutboxError),
+}
+
+/// One message as the fake saw it: topic, key, payload, headers.
+pub type SeenMessage = (String, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
+
+/// One committed batch as the fake saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    pub messages: Vec<SeenMessage>,
+    /// (topic, partition, offset) of each committed offset.
+    pub offsets: Vec<(String, i32, i64)>,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeOutbox {
+    script: VecDeque<Step>,
+    /// The indices each `deliver` was asked to send.
+    pub attempts: Vec<Vec<usize>>,
+    pub committed: Vec<Committed>,
+    /// How many producers were made ready (the first included).
+    pub producers: usize,
+    connected: bool,
+    /// Behaves like the at-least-once outbox: offsets are left to the caller.
+    at_least_once: bool,
+}
+
+impl FakeOutbox {
+    /// A fake that follows `script`, then commits everything.
+    pub fn new(script: Vec<Step>) -> Self {
+        FakeOutbox { script: script.into(), ..Default::default() }
+    }
+
+    /// Like [`FakeOutbox::new`], but commits no offsets, as the at-least-once outbox.
+    pub fn at_least_once(script: Vec<Step>) -> Self {
+        FakeOutbox { at_least_once: true, ..Self::new(script) }
+    }
+}
+
+impl Outbox for FakeOutbox {
+    fn connect(&mut self) -> Result<bool, OutboxError> {
+        if self.connected {
+            return Ok(false);
+        }
+        self.connected = true;
+        self.producers += 1;
+        Ok(true)
+    }
+
+    fn deliver(
+        &mut self,
+        messages: &[OutMessage<'_>],
+        indices: &[usize],
+        offsets: Option<&Offsets>,
+    ) -> Result<Delivered, OutboxError> {
+        self.connect()?;
+        let offsets = offsets.filter(|_| !self.at_least_once);
+        self.attempts.push(indices.to_vec());
+        match self.script.pop_front().unwrap_or(Step::Commit) {
+            Step::Fail(e) => {
+                if matches!(e, OutboxError::ProducerLost(_) | OutboxError::Fenced(_)) {
+                    self.connected = false;
+                }
+                Err(e)
+            }
+            Step::Commit => {
+                self.committed.push(Committed {
+                    messages: indices
+                        .iter()
+                        .map(|&i| {
+                            let m = &messages[i];
+                            (
+                                m.topic.to_string(),
+                                m.key.map(<[u8]>::to_vec),
+                                m.payload.map(<[u8]>::to_vec),
+                                m.headers.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect(),
+                            )
+                        })
+                        .collect(),
+                    offsets: offsets
+                        .map(|o| {
+                            o.list
+                                .elements()
+                                .iter()
+                                .map(|e| (e.topic().to_string(), e.partition(), e.offset().to_raw().unwrap_or(-1)))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+                Ok(if offsets.is_some() { Delivered::WithOffsets } else { Delivered::MessagesOnly })
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The at-least-once outbox: an idempotent `acks=all` producer, no transactions.
+//!
+//! Each call waits for every delivery report and names the messages Kafka did not take, so the
+//! caller resends exactly those; an idempotent producer whose state broke (a fatal error) is
+//! replaced, and the caller resends the batch (at-least-once allows the repeat).
+
+use rdkafka::producer::Producer;
+
+use super::{enqueue, Delivered, Offsets, OutMessage, Outbox, OutboxError, ProducerOptions};
+use crate::kafka::batch::{Batch, TrackingContext, TrackingProducer};
+use crate::kafka::KafkaSettings;
+
+pub struct IdempotentOutbox {
+    settings: KafkaSettings,
+    options: ProducerOptions,
+    /// Created lazily, so an unreachable broker never stops a stage from starting.
+    producer: Option<TrackingProducer>,
+}
+
+impl IdempotentOutbox {
+    pub fn new(settings: KafkaSettings, options: &ProducerOptions) -> Self {
+        IdempotentOutbox { settings, options: options.clone(), producer: None }
+    }
+}
+
+impl Outbox for IdempotentOutbox {
+    fn connect(&mut self) -> Result<bool, OutboxError> {
+        if self.producer.is_some() {
+            return Ok(false);
+        }
+        let linger = self.options.linger_ms.to_string();
+        let timeout = self.options.message_timeout_ms.to_string();
+        let producer = self
+            .settings
+            .client_config(&[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("compression.type", "lz4"),
+                ("linger.ms", &linger),
+                ("message.timeout.ms", &timeout),
+            ])
+            .create_with_context(TrackingContext::default())
+            .map_err(|e| OutboxError::Config(e.to_string()))?;
+        self.producer = Some(producer);
+        Ok(true)
+    }
+
+    fn deliver(
+        &mut self,
+        messages: &[OutMessage<'_>],
+        indices: &[usize],
+        _offsets: Option<&Offsets>,
+    ) -> Result<Delivered, OutboxError> {
+        self.connect()?;
+        let producer = self.producer.as_ref().expect("connected above");
+        let mut batch = Batch::new(producer);
+        let refused = enqueue(&mut batch, messages, indices);
+        let mut failed = batch.wait().failed;
+        failed.extend(refused);
+        if let Some(fatal) = producer.client().fatal_error() {
+            // An idempotent producer whose sequence state broke cannot send again.
+            self.producer = None;
+            return Err(OutboxError::ProducerLost(rdkafka::error::KafkaError::MessageProduction(fatal.0)));
+        }
+        if failed.is_empty() {
+            Ok(Delivered::MessagesOnly)
+        } else {
+            Err(OutboxError::Undelivered { failed })
+        }
+    }
+}

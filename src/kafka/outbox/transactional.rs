@@ -1,0 +1,215 @@
+//! The exactly-once outbox: every batch is one Kafka transaction with the caller's offsets.
+//!
+//! librdkafka sorts every transactional error into three kinds, and so do we: *retriable*
+//! (call the same operation again), *abortable* (abort the transaction and redo the batch) and
+//! *fatal* (this producer is fenced or broken: create a new one, whose `init_transactions`
+//! fences the old incarnation and aborts whatever it left open).
+//!
+//! Fatal fencing has two causes that look alike: the coordinator aborted a transaction of ours
+//! that outlived `transaction.timeout.ms` (a long broker outage, say) and bumped our epoch; or
+//! another live process initialised the same `transactional.id`. Only the second is a reason to
+//! stop, and only it can fence a transaction younger than the timeout, so that is the test.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::Producer;
+use tracing::{info, warn};
+
+use super::{enqueue, Delivered, Offsets, OutMessage, Outbox, OutboxError, ProducerOptions};
+use crate::kafka::batch::{Batch, TrackingContext, TrackingProducer};
+use crate::kafka::KafkaSettings;
+
+/// Transaction timing.
+#[derive(Debug, Clone, Copy)]
+pub struct TxnTimeouts {
+    /// librdkafka `transaction.timeout.ms`: the broker aborts a transaction open longer than
+    /// this, which bounds how long a crashed producer can stall `read_committed` readers.
+    pub transaction_ms: u64,
+    /// How long one transactional call (init, send offsets, commit, abort) may block.
+    pub operation: Duration,
+}
+
+/// How a transactional call failed.
+#[derive(Debug)]
+enum TxnFailure {
+    /// Retry the same call.
+    Retriable(KafkaError),
+    /// Abort the transaction, then redo the batch.
+    Abortable(KafkaError),
+    /// Replace the producer.
+    Fatal(KafkaError),
+}
+
+/// Classifies an error of a transactional call.
+fn classify(e: KafkaError) -> TxnFailure {
+    match &e {
+        KafkaError::Transaction(r) if r.is_fatal() => TxnFailure::Fatal(e),
+        KafkaError::Transaction(r) if r.txn_requires_abort() => TxnFailure::Abortable(e),
+        KafkaError::Transaction(r) if r.is_retriable() => TxnFailure::Retriable(e),
+        // Errors outside the transaction API (message delivery, say) poison the transaction.
+        _ => TxnFailure::Abortable(e),
+    }
+}
+
+/// A transactional producer with a stable `transactional.id`, created lazily and replaced after
+/// a fatal error.
+pub struct TransactionalOutbox {
+    settings: KafkaSettings,
+    transactional_id: String,
+    options: ProducerOptions,
+    producer: Option<TrackingProducer>,
+}
+
+impl TransactionalOutbox {
+    pub fn new(settings: KafkaSettings, transactional_id: String, options: &ProducerOptions) -> Self {
+        TransactionalOutbox { settings, transactional_id, options: options.clone(), producer: None }
+    }
+
+    fn create(&self) -> Result<TrackingProducer, OutboxError> {
+        let linger = self.options.linger_ms.to_string();
+        let txn_timeout = self.options.txn.transaction_ms.to_string();
+        self.settings
+            .client_config(&[
+                ("transactional.id", &self.transactional_id),
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("compression.type", "lz4"),
+                ("linger.ms", &linger),
+                ("transaction.timeout.ms", &txn_timeout),
+                // Within a transaction a message must not outlive it.
+                ("message.timeout.ms", &txn_timeout),
+            ])
+            .create_with_context(TrackingContext::default())
+            .map_err(|e| OutboxError::Config(e.to_string()))
+    }
+
+    /// One transaction: the messages, then the offsets, then commit.
+    fn transaction(
+        producer: &TrackingProducer,
+        messages: &[OutMessage<'_>],
+        indices: &[usize],
+        offsets: Option<&Offsets>,
+        timeout: Duration,
+    ) -> Result<(), Failed> {
+        producer.begin_transaction().map_err(|e| Failed::Txn(classify(e)))?;
+        let mut batch = Batch::new(producer);
+        if let Some((index, error)) = enqueue(&mut batch, messages, indices).into_iter().next() {
+            return Err(Failed::Refused(index, error));
+        }
+        if let Some(offsets) = offsets {
+            let group = offsets.group.as_ref().ok_or_else(|| {
+                Failed::Txn(TxnFailure::Abortable(KafkaError::ClientCreation(
+                    "no consumer group metadata for the offsets".into(),
+                )))
+            })?;
+            producer
+                .send_offsets_to_transaction(&offsets.list, group, timeout)
+                .map_err(|e| Failed::Txn(classify(e)))?;
+        }
+        // Committing flushes the producer: every message is delivered or the commit fails.
+        commit(producer, timeout).map_err(Failed::Txn)
+    }
+
+    /// After a failed transaction: aborts it, or drops the producer when it cannot be aborted.
+    fn settle(&mut self, failed: Failed, began: Instant) -> OutboxError {
+        let (failure, refused) = match failed {
+            Failed::Refused(index, error) => (TxnFailure::Abortable(error.clone()), Some((index, error))),
+            Failed::Txn(failure) => (failure, None),
+        };
+        match failure {
+            TxnFailure::Fatal(e) => {
+                self.producer = None;
+                let fenced =
+                    matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced));
+                if fenced && began.elapsed() < Duration::from_millis(self.options.txn.transaction_ms) {
+                    OutboxError::Fenced(e)
+                } else {
+                    OutboxError::ProducerLost(e)
+                }
+            }
+            TxnFailure::Abortable(e) | TxnFailure::Retriable(e) => {
+                let producer = self.producer.as_ref().expect("a transaction ran on it");
+                if !abort(producer, self.options.txn.operation) {
+                    self.producer = None;
+                    return OutboxError::ProducerLost(e);
+                }
+                match refused {
+                    Some((index, error)) => OutboxError::Refused { index, error },
+                    None => OutboxError::Aborted(e),
+                }
+            }
+        }
+    }
+}
+
+/// Why a transaction did not commit.
+enum Failed {
+    /// librdkafka refused this message outright.
+    Refused(usize, KafkaError),
+    Txn(TxnFailure),
+}
+
+impl Outbox for TransactionalOutbox {
+    fn connect(&mut self) -> Result<bool, OutboxError> {
+        if self.producer.is_some() {
+            return Ok(false);
+        }
+        let producer = self.create()?;
+        producer.init_transactions(self.options.txn.operation).map_err(OutboxError::Unavailable)?;
+        info!(transactional_id = %self.transactional_id, "Transactional producer ready; earlier incarnations are fenced.");
+        self.producer = Some(producer);
+        Ok(true)
+    }
+
+    fn deliver(
+        &mut self,
+        messages: &[OutMessage<'_>],
+        indices: &[usize],
+        offsets: Option<&Offsets>,
+    ) -> Result<Delivered, OutboxError> {
+        self.connect()?;
+        let producer = self.producer.as_ref().expect("connected above");
+        let began = Instant::now();
+        match Self::transaction(producer, messages, indices, offsets, self.options.txn.operation) {
+            Ok(()) => Ok(Delivered::WithOffsets),
+            Err(failed) => Err(self.settle(failed, began)),
+        }
+    }
+}
+
+/// Commits the open transaction, repeating the call while librdkafka says it is retriable
+/// (a retriable commit may or may not have happened; only a repeated commit tells).
+fn commit(producer: &TrackingProducer, timeout: Duration) -> Result<(), TxnFailure> {
+    let mut attempts = 0;
+    loop {
+        match producer.commit_transaction(timeout).map_err(classify) {
+            Ok(()) => return Ok(()),
+            Err(TxnFailure::Retriable(e)) if attempts < 20 => {
+                attempts += 1;
+                warn!(error = %e, attempts, "Committing a transaction failed retriably; trying again.");
+                std::thread::sleep(Duration::from_millis(100 * attempts));
+            }
+            Err(TxnFailure::Retriable(e)) => return Err(TxnFailure::Abortable(e)),
+            Err(other) => return Err(other),
+        }
+    }
+}
+
+/// Aborts the open transaction. Returns false when the producer must be replaced instead.
+fn abort(producer: &TrackingProducer, timeout: Duration) -> bool {
+    for attempt in 1..=5u64 {
+        match producer.abort_transaction(timeout).map_err(classify) {
+            Ok(()) => return true,
+            Err(TxnFailure::Retriable(e)) => {
+                warn!(error = %e, attempt, "Aborting a transaction failed retriably; trying again.");
+                std::thread::sleep(Duration::from_millis(100 * attempt));
+            }
+            Err(e) => {
+                warn!(error = ?e, "Aborting a transaction failed; the producer will be replaced.");
+                return false;
+            }
+        }
+    }
+    false
+}

@@ -1,0 +1,178 @@
+//! The consumer side of the transform: batches of raw messages from the consumer group, and
+//! the positions that go with them.
+//!
+//! A batch during which the group rebalanced is dropped before anything is produced: its
+//! partitions restart from their committed offsets, wherever they are now assigned.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use crate::kafka::{KafkaSettings, KafkaStageError, Offsets};
+
+/// Where the worker's raw messages come from: a seam so the worker loop can be tested without
+/// Kafka.
+pub trait Source {
+    /// Up to `max` messages, waiting at most `wait`; empty if the group rebalanced meanwhile.
+    fn poll_batch(&mut self, max: usize, wait: Duration) -> Vec<OwnedMessage>;
+    /// The offsets after `batch`, with the group's metadata: what a transaction commits.
+    fn offsets(&self, batch: &[OwnedMessage]) -> Offsets;
+    /// Seeks back to the start of `batch`, so the next poll reads it again.
+    fn rewind(&mut self, batch: &[OwnedMessage]);
+    /// Seeks `batch`'s partitions to their committed offsets: after an uncertain commit.
+    fn rewind_to_committed(&mut self, batch: &[OwnedMessage]);
+    /// Commits the offsets after `batch` (at-least-once, after Kafka confirmed its rows).
+    fn commit(&mut self, batch: &[OwnedMessage]);
+}
+
+/// Notices rebalances, so a batch that straddles one is dropped.
+#[derive(Default)]
+pub struct RebalanceWatch {
+    happened: AtomicBool,
+}
+
+crate::kafka::logs_to_tracing!(RebalanceWatch);
+
+impl ConsumerContext for RebalanceWatch {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.happened.store(true, Ordering::Release);
+        match rebalance {
+            Rebalance::Assign(tpl) => info!(partitions = tpl.count(), "Transform partitions assigned."),
+            Rebalance::Revoke(tpl) => info!(partitions = tpl.count(), "Transform partitions revoked."),
+            Rebalance::Error(e) => warn!(error = %e, "Consumer group rebalance failed."),
+        }
+    }
+}
+
+/// The raw topic read as a member of the transform's consumer group, `read_committed`.
+pub struct KafkaSource {
+    consumer: BaseConsumer<RebalanceWatch>,
+}
+
+impl KafkaSource {
+    /// Joins `group` and subscribes to the raw topic (from the earliest offset if the group is
+    /// new).
+    ///
+    /// # Errors
+    /// [`KafkaStageError`] for an invalid configuration or a refused subscription.
+    pub fn subscribe(kafka: &KafkaSettings, group: &str) -> Result<Self, KafkaStageError> {
+        let consumer: BaseConsumer<RebalanceWatch> = kafka
+            .client_config(&[
+                ("group.id", group),
+                ("enable.auto.commit", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("isolation.level", "read_committed"),
+                ("enable.partition.eof", "false"),
+            ])
+            .create_with_context(RebalanceWatch::default())
+            .map_err(|e| KafkaStageError::Config(e.to_string()))?;
+        consumer.subscribe(&[&kafka.raw_topic])?;
+        Ok(KafkaSource { consumer })
+    }
+}
+
+impl Source for KafkaSource {
+    fn poll_batch(&mut self, max: usize, wait: Duration) -> Vec<OwnedMessage> {
+        let mut batch = Vec::new();
+        let watch = self.consumer.context();
+        watch.happened.store(false, Ordering::Release);
+        let deadline = Instant::now() + wait;
+        while batch.len() < max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.consumer.poll(left) {
+                None => break,
+                Some(Ok(m)) => batch.push(BorrowedMessage::detach(&m)),
+                Some(Err(e)) => {
+                    warn!(error = %e, "Consuming from the raw topic failed.");
+                    break;
+                }
+            }
+        }
+        if watch.happened.load(Ordering::Acquire) && !batch.is_empty() {
+            info!(messages = batch.len(), "The group rebalanced during a batch; dropping it to read it again.");
+            // Partitions we kept (cooperative assignment) must be rewound too; revoked ones
+            // restart from their committed offsets wherever they went.
+            self.rewind(&batch);
+            batch.clear();
+        }
+        batch
+    }
+
+    fn offsets(&self, batch: &[OwnedMessage]) -> Offsets {
+        Offsets { list: next_offsets(batch), group: self.consumer.group_metadata() }
+    }
+
+    /// A partition no longer assigned is skipped: its new owner starts from the committed
+    /// offset anyway.
+    fn rewind(&mut self, batch: &[OwnedMessage]) {
+        let firsts = offsets(batch, |entry, offset| *entry = (*entry).min(offset), i64::MAX);
+        for elem in firsts.elements() {
+            self.seek(elem.topic(), elem.partition(), elem.offset());
+        }
+    }
+
+    /// `read_committed`, so an open transaction of ours is waited out; falls back to the batch
+    /// start if the committed offsets cannot be read.
+    fn rewind_to_committed(&mut self, batch: &[OwnedMessage]) {
+        let mut tpl = TopicPartitionList::new();
+        for elem in next_offsets(batch).elements() {
+            tpl.add_partition(elem.topic(), elem.partition());
+        }
+        match self.consumer.committed_offsets(tpl, Duration::from_secs(30)) {
+            Ok(committed) => {
+                for elem in committed.elements() {
+                    let to = match elem.offset() {
+                        Offset::Offset(_) => elem.offset(),
+                        _ => Offset::Beginning,
+                    };
+                    self.seek(elem.topic(), elem.partition(), to);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "Could not read the committed offsets; rewinding to the batch start.");
+                self.rewind(batch);
+            }
+        }
+    }
+
+    fn commit(&mut self, batch: &[OwnedMessage]) {
+        // A failure here (the partition was revoked meanwhile) only means the batch is
+        // transformed again by the partition's next owner.
+        if let Err(e) = self.consumer.commit(&next_offsets(batch), CommitMode::Sync) {
+            warn!(error = %e, "Committing consumer offsets failed; the batch may be transformed again.");
+        }
+    }
+}
+
+impl KafkaSource {
+    fn seek(&self, topic: &str, partition: i32, to: Offset) {
+        if let Err(e) = self.consumer.seek(topic, partition, to, Duration::from_secs(5)) {
+            info!(topic, partition, error = %e, "Could not rewind a partition; it was probably reassigned.");
+        }
+    }
+}
+
+/// Per partition, the offset after the batch's last message: what to commit.
+pub fn next_offsets(batch: &[OwnedMessage]) -> TopicPartitionList {
+    offsets(batch, |entry, offset| *entry = (*entry).max(offset + 1), i64::MIN)
+}
+
+fn offsets(batch: &[OwnedMessage], fold: impl Fn(&mut i64, i64), init: i64) -> TopicPartitionList {
+    let mut per: HashMap<(&str, i32), i64> = HashMap::new();
+    for m in batch {
+        fold(per.entry((m.topic(), m.partition())).or_insert(init), m.offset());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in per {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).expect("a valid offset");
+    }
+    tpl
+}
