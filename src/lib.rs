@@ -27,10 +27,18 @@
 //! - [`wal`]: sled write-ahead log with group commit, checksummed framing, segment reclamation.
 //! - [`flush`]: drains the WAL into the raw topic; acknowledges only what Kafka confirmed.
 //! - [`transform`]: raw request → rows; the consumer-group worker that produces them.
-//! - [`kafka`]: client configuration, topic creation, delivery tracking shared by the stages.
+//! - [`kafka`]: settings, topic creation, and the [`kafka::outbox`] both stages produce
+//!   through (a batch plus the caller's offsets, one transaction; or at-least-once).
+//! - [`node`]: the node id that names transactional producers, the position group and headers.
+//! - [`retry`]: the one backoff and stop signal every retry loop uses.
 //! - [`config`]: the command line and environment, validated at start-up.
 //! - [`app`]: wires the stages into the `run`, `serve` and `transform` modes.
 //! - [`telemetry`]: metric names and the Prometheus recorder.
+//!
+//! Dependencies point one way: `app` → stages → `kafka` / `wal` / `schema` → nothing of
+//! the collector's; `config` builds `app`'s configuration. The stages meet Kafka only through
+//! traits (`kafka::Outbox`, `flush::position::PositionStore`, `transform::source::Source`) and
+//! the disk only through `wal::LogStore`, so their loops are unit-tested with fakes.
 
 pub mod app;
 pub mod config;

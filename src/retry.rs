@@ -39,14 +39,6 @@ impl Stop {
         (StopHandle(tx), Stop(rx))
     }
 
-    /// A signal that never fires (for tests and one-shot tools).
-    pub fn never() -> Stop {
-        let (tx, rx) = watch::channel(None);
-        // Keep the sender alive for the life of the program, so the receiver never sees it close.
-        std::mem::forget(tx);
-        Stop(rx)
-    }
-
     /// True once the stage was asked to finish (its deadline may not have passed yet).
     pub fn requested(&self) -> bool {
         self.0.borrow().is_some()

@@ -5,9 +5,11 @@
 //! WAL; the client gets `200 {"status":"ok","seq":…,"events":…}` only after the WAL reports the
 //! record durable. Every rejection is a JSON error with a stable `code` (see [`IngestError`]);
 //! a rejected request writes nothing, so it can harm neither the WAL nor Kafka nor the next
-//! request. Bodies are bounded on the wire and after gzip decoding, slow bodies and slow headers
-//! time out. Not guaranteed: a client whose connection drops after the WAL append but before
-//! the response will retry and may store the batch twice.
+//! request. Bodies are read with the [`crate::schema`]; ingest adds its own limits: bytes on the
+//! wire and after gzip decoding, events per request ([`validate`]); slow bodies and slow headers
+//! time out. `/collect` and `/readyz` share one readiness check ([`IngestState::unready`]).
+//! Not guaranteed: a client whose connection drops after the WAL append but before the response
+//! will retry and may store the batch twice (unless it sends an `Idempotency-Key`).
 
 mod body;
 mod error;

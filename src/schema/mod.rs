@@ -227,62 +227,71 @@ fn parse_event(i: usize, value: Value<'_>) -> Result<Event<'_>, Invalid> {
         }
     };
     let path = |name: &str| format!("/events/{i}/{name}");
-    let event_type = match event.remove("event_type") {
+    Ok(Event {
+        event_type: event_type(event.remove("event_type"), || path("event_type"))?,
+        event_time: event_time(event.remove("event_time"), || path("event_time"))?,
+        user_id: user_id(event.remove("user_id"), || path("user_id"))?,
+        product_id: product_id(event.remove("product_id"), || path("product_id"))?,
+    })
+}
+
+/// `event_type`: a non-empty string. `path` names the field in errors.
+fn event_type<'a>(value: Option<Value<'a>>, path: impl Fn() -> String) -> Result<Cow<'a, str>, Invalid> {
+    match value {
         None | Some(Value::Static(StaticNode::Null)) => {
-            return Err(schema("missing_field", path("event_type"), "`event_type` is required"))
+            Err(schema("missing_field", path(), "`event_type` is required"))
         }
-        Some(Value::String(s)) if !s.is_empty() => s,
-        Some(Value::String(_)) => {
-            return Err(schema("invalid_field", path("event_type"), "`event_type` must not be empty"))
-        }
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) => Err(schema("invalid_field", path(), "`event_type` must not be empty")),
         Some(other) => {
-            return Err(schema(
-                "invalid_field",
-                path("event_type"),
-                format!("`event_type` must be a string, not {}", type_name(&other)),
-            ))
+            Err(schema("invalid_field", path(), format!("`event_type` must be a string, not {}", type_name(&other))))
         }
-    };
-    let event_time = match event.remove("event_time") {
-        None | Some(Value::Static(StaticNode::Null)) => return Err(schema("missing_field", path("event_time"), "`event_time` is required")),
+    }
+}
+
+/// `event_time`: milliseconds since the epoch, an integer or a string of digits.
+fn event_time(value: Option<Value<'_>>, path: impl Fn() -> String) -> Result<i64, Invalid> {
+    match value {
+        None | Some(Value::Static(StaticNode::Null)) => {
+            Err(schema("missing_field", path(), "`event_time` is required"))
+        }
         Some(v) => parse_event_time(&v).ok_or_else(|| {
             schema(
                 "invalid_field",
-                path("event_time"),
+                path(),
                 format!(
                     "`event_time` must be a non-negative integer of milliseconds since the epoch (or a string of digits), not {}",
                     describe(&v)
                 ),
             )
-        })?,
-    };
-    let user_id = match event.remove("user_id") {
-        None | Some(Value::Static(StaticNode::Null)) => {
-            return Err(schema("missing_field", path("user_id"), "`user_id` is required"))
-        }
-        Some(Value::String(s)) if !s.is_empty() => UserId::Str(s),
-        Some(Value::Static(StaticNode::I64(n))) => UserId::Int(n as i128),
-        Some(Value::Static(StaticNode::U64(n))) => UserId::Int(n as i128),
+        }),
+    }
+}
+
+/// `user_id`: a non-empty string or an integer, kept as sent.
+fn user_id<'a>(value: Option<Value<'a>>, path: impl Fn() -> String) -> Result<UserId<'a>, Invalid> {
+    match value {
+        None | Some(Value::Static(StaticNode::Null)) => Err(schema("missing_field", path(), "`user_id` is required")),
+        Some(Value::String(s)) if !s.is_empty() => Ok(UserId::Str(s)),
+        Some(Value::Static(StaticNode::I64(n))) => Ok(UserId::Int(n as i128)),
+        Some(Value::Static(StaticNode::U64(n))) => Ok(UserId::Int(n as i128)),
+        Some(other) => Err(schema(
+            "invalid_field",
+            path(),
+            format!("`user_id` must be a non-empty string or an integer, not {}", describe(&other)),
+        )),
+    }
+}
+
+/// `product_id`: an optional string; `null` counts as absent.
+fn product_id<'a>(value: Option<Value<'a>>, path: impl Fn() -> String) -> Result<Option<Cow<'a, str>>, Invalid> {
+    match value {
+        None | Some(Value::Static(StaticNode::Null)) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => {
-            return Err(schema(
-                "invalid_field",
-                path("user_id"),
-                format!("`user_id` must be a non-empty string or an integer, not {}", describe(&other)),
-            ))
+            Err(schema("invalid_field", path(), format!("`product_id` must be a string, not {}", type_name(&other))))
         }
-    };
-    let product_id = match event.remove("product_id") {
-        None | Some(Value::Static(StaticNode::Null)) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(other) => {
-            return Err(schema(
-                "invalid_field",
-                path("product_id"),
-                format!("`product_id` must be a string, not {}", type_name(&other)),
-            ))
-        }
-    };
-    Ok(Event { event_type, event_time, user_id, product_id })
+    }
 }
 
 fn parse_event_time(v: &Value<'_>) -> Option<i64> {

@@ -234,7 +234,10 @@ fn headers(pairs: &[(&'static str, Cow<'_, [u8]>)]) -> OwnedHeaders {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod driver_tests {
     use super::fake::{FakeOutbox, Step};
     use super::*;
 
