@@ -10,22 +10,13 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use super::idempotency::{self, IdempotencyKey, KeyIndex, KeyRecord};
+use super::keys::{
+    key_to_seq, lost_key, segment_bytes_key, segment_name, DELIVERED_KEY, LOST_PREFIX, META_TREE, NODE_ID_KEY,
+    QUARANTINE_TREE, SEGMENT_PREFIX, SEQUENCE_FILE, SLED_DIR,
+};
 use super::record::{self, FrameError};
 use super::sequence::SequenceFile;
 use super::WalError;
-
-const META_TREE: &[u8] = b"meta";
-const QUARANTINE_TREE: &[u8] = b"quarantine";
-const SEGMENT_PREFIX: &[u8] = b"seg/";
-const DELIVERED_KEY: &[u8] = b"delivered_through";
-const NODE_ID_KEY: &[u8] = b"node_id";
-/// `lost/<first u64 BE>` → last u64 BE: a range of durable records sled no longer had at open.
-const LOST_PREFIX: &[u8] = b"lost/";
-/// The sled database inside the WAL directory; beside it lives the sequence file.
-const SLED_DIR: &str = "sled";
-const SEQUENCE_FILE: &str = "sequence";
-/// `segbytes/<first_seq u64 BE>` → bytes of a segment, so opening needs no scan.
-const SEGMENT_BYTES_PREFIX: &[u8] = b"segbytes/";
 
 /// The storage engine behind the WAL. Small on purpose so the engine can be swapped and the
 /// logic above it tested without disk.
@@ -551,30 +542,4 @@ fn lost_ranges(meta: &sled::Tree) -> Result<Vec<(u64, u64)>, WalError> {
             Ok((key_to_seq(&k[LOST_PREFIX.len()..])?, key_to_seq(&v)?))
         })
         .collect()
-}
-
-/// `prefix` followed by `n` as a big-endian u64: the shape of every tree name and meta key
-/// that carries a number, so they sort numerically.
-pub(super) fn prefixed(prefix: &[u8], n: u64) -> Vec<u8> {
-    let mut key = prefix.to_vec();
-    key.extend_from_slice(&n.to_be_bytes());
-    key
-}
-
-fn lost_key(from: u64) -> Vec<u8> {
-    prefixed(LOST_PREFIX, from)
-}
-
-fn segment_bytes_key(first_seq: u64) -> Vec<u8> {
-    prefixed(SEGMENT_BYTES_PREFIX, first_seq)
-}
-
-fn segment_name(first_seq: u64) -> Vec<u8> {
-    prefixed(SEGMENT_PREFIX, first_seq)
-}
-
-fn key_to_seq(key: &[u8]) -> Result<u64, WalError> {
-    let arr: [u8; 8] =
-        key.try_into().map_err(|_| WalError::Storage(format!("WAL key of {} bytes, expected 8", key.len())))?;
-    Ok(u64::from_be_bytes(arr))
 }

@@ -62,6 +62,7 @@
 
 mod error;
 pub mod idempotency;
+mod keys;
 mod log;
 pub mod record;
 mod sequence;
