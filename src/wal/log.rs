@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
+use bytes::Bytes;
 use serde::Serialize;
 use tracing::{error, info, warn};
 
@@ -48,8 +49,10 @@ pub trait LogStore: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct ReadRecord {
     pub seq: u64,
-    /// The framed value; `None` when it failed its checksum and was quarantined.
-    pub frame: Option<sled::IVec>,
+    /// The framed value; `None` when it failed its checksum and was quarantined. `Bytes`, not
+    /// the engine's own buffer type, so callers of [`LogStore`] never name sled; it shares the
+    /// engine's buffer rather than copying it.
+    pub frame: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -363,7 +366,7 @@ impl LogStore for SledLog {
                 match record::decode(&v) {
                     Ok(_) => {
                         bytes += v.len();
-                        out.push(ReadRecord { seq, frame: Some(v) });
+                        out.push(ReadRecord { seq, frame: Some(Bytes::from_owner(v)) });
                     }
                     Err(e) => {
                         self.quarantine_record(seq, &v, &e);
