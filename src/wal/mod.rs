@@ -65,12 +65,14 @@ pub mod idempotency;
 mod keys;
 mod log;
 pub mod record;
+mod recovery;
 mod sequence;
 mod writer;
 
 pub use error::WalError;
 pub use idempotency::{IdempotencyKey, KeyRecord};
 pub use log::{LogOptions, LogStore, ReadRecord, SledLog, VerifyReport, WalStats};
+pub use recovery::RecoveryMode;
 pub use writer::{Appended, WalWriter};
 
 #[cfg(test)]
