@@ -112,6 +112,9 @@ pub struct SledLog {
     /// A loss found at this open but not stored under `lost/` ([`RecoveryMode::ReportOnly`]),
     /// so that `verify` still lists it.
     unrecorded_loss: Option<(u64, u64)>,
+    /// The segment a [`RecoveryMode::Repair`] open would have started and a `ReportOnly` one
+    /// did not (0 or 1), counted in [`WalStats::segments`] so both report the same.
+    unstarted_segments: u64,
     opened_next_seq: u64,
     next_seq: AtomicU64,
     delivered_through: AtomicU64,
@@ -171,16 +174,14 @@ impl SledLog {
         let keys = KeyIndex::open(&db, options.idempotency_window_ms)?;
         let segment_sizes = recovery::load_segment_sizes(&meta, &segments)?;
         let found = Found { db, meta, sequence, delivered, segments, segment_sizes, keys, last_seq, loss };
-        let log = SledLog::assemble(found, options)?;
+        let mut log = SledLog::assemble(found, options)?;
         match mode {
             RecoveryMode::Repair => {
                 log.reclaim(delivered)?;
                 log.roll_segment(log.opened_next_seq)?;
             }
-            // A real open would drop these segments; leaving them out of the counts (not off
-            // the disk) makes the report show what it would find.
             RecoveryMode::ReportOnly => {
-                log.leave_out_reclaimable(delivered);
+                log.count_as_if_repaired(delivered);
                 return Ok(log);
             }
         }
@@ -218,6 +219,7 @@ impl SledLog {
             lost_records,
             gap: loss.map(|l| l.skipped),
             unrecorded_loss,
+            unstarted_segments: 0,
             opened_next_seq: next_seq,
             next_seq: AtomicU64::new(next_seq),
             delivered_through: AtomicU64::new(delivered),
@@ -252,13 +254,17 @@ impl SledLog {
         Ok(())
     }
 
-    /// Removes the segments [`SledLog::reclaim`] would drop from this handle's view only: the
-    /// disk keeps them ([`RecoveryMode::ReportOnly`]).
-    fn leave_out_reclaimable(&self, delivered: u64) {
+    /// Makes this handle count segments as a [`RecoveryMode::Repair`] open would leave them,
+    /// without its writes ([`RecoveryMode::ReportOnly`]): the segments [`SledLog::reclaim`]
+    /// would drop are left out (the disk keeps them), and the fresh one
+    /// [`SledLog::roll_segment`] would start is counted.
+    fn count_as_if_repaired(&mut self, delivered: u64) {
         for first in self.reclaimable(delivered) {
             self.segments.write().expect("segments lock poisoned").remove(&first);
             self.forget_size(first);
         }
+        let segments = self.segments.read().expect("segments lock poisoned");
+        self.unstarted_segments = u64::from(!segments.contains_key(&self.opened_next_seq));
     }
 
     /// The segments whose records are all `<= delivered`, except the active one.
@@ -433,7 +439,7 @@ impl LogStore for SledLog {
             next_seq,
             delivered_through,
             pending_records: next_seq.saturating_sub(delivered_through + 1) - skipped,
-            segments: self.segments.read().expect("segments lock poisoned").len() as u64,
+            segments: self.segments.read().expect("segments lock poisoned").len() as u64 + self.unstarted_segments,
             live_bytes: self.live_bytes.load(Ordering::Acquire),
             quarantined: self.quarantined.load(Ordering::Relaxed),
             lost_records: self.lost_records,

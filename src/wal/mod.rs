@@ -62,6 +62,7 @@
 
 mod error;
 pub mod idempotency;
+mod inspect;
 mod keys;
 mod log;
 pub mod record;
@@ -71,6 +72,7 @@ mod writer;
 
 pub use error::WalError;
 pub use idempotency::{IdempotencyKey, KeyRecord};
+pub use inspect::Inspection;
 pub use log::{LogOptions, LogStore, ReadRecord, SledLog, VerifyReport, WalStats};
 pub use recovery::RecoveryMode;
 pub use writer::{Appended, WalWriter};
