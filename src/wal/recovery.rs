@@ -37,7 +37,7 @@ pub enum RecoveryMode {
     /// crash left behind after their acknowledgement are dropped; a fresh segment is started.
     /// The service always starts.
     Repair,
-    /// Inspection (`collector wal …`, [`super::Inspection`]): find and report what `Repair`
+    /// Inspection (`collector wal …`, `Inspection`): find and report what `Repair`
     /// would find — the same positions, corrupt records and lost ranges, including a loss
     /// detected only now — and change nothing: no set-aside (a sled directory sled refuses is an
     /// error), no `lost/` entry, no segment dropped or started, no sequence file created. The
