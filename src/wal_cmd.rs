@@ -1,27 +1,24 @@
-//! `collector wal …`: offline inspection of a WAL directory.
+//! `collector wal …`: offline inspection of a WAL directory. It reads a copy of the WAL (see
+//! [`Inspection`]) and never changes the WAL itself; stop the collector first, since a WAL
+//! copied while it is written can look torn.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use collector::config::{WalAction, WalCmd};
-use collector::wal::{record, LogOptions, LogStore, SledLog};
+use collector::wal::{record, Inspection};
 
 pub fn run(cmd: &WalCmd) -> Result<ExitCode> {
-    if !cmd.wal_dir.exists() {
-        anyhow::bail!("no WAL at {}", cmd.wal_dir.display());
-    }
-    let log = SledLog::open(
-        &cmd.wal_dir,
-        LogOptions { segment_bytes: u64::MAX, cache_bytes: 16 * 1024 * 1024, idempotency_window_ms: 86_400_000 },
-    )
-    .with_context(|| format!("opening the WAL at {} (is a collector still running on it?)", cmd.wal_dir.display()))?;
+    let wal = Inspection::open(&cmd.wal_dir).with_context(|| {
+        format!("inspecting the WAL at {} (is a collector still running on it?)", cmd.wal_dir.display())
+    })?;
     match &cmd.action {
         WalAction::Stats => {
-            println!("{}", serde_json::to_string_pretty(&log.stats())?);
+            println!("{}", serde_json::to_string_pretty(&wal.stats())?);
             Ok(ExitCode::SUCCESS)
         }
         WalAction::Verify => {
-            let report = log.verify()?;
+            let report = wal.verify()?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(if report.corrupt.is_empty() && report.lost.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
@@ -29,7 +26,7 @@ pub fn run(cmd: &WalCmd) -> Result<ExitCode> {
             if let Some(dir) = export {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            for (seq, bytes) in log.quarantined()? {
+            for (seq, bytes) in wal.quarantined()? {
                 let why = match record::decode(&bytes) {
                     Ok(_) => "intact now".to_string(),
                     Err(e) => e.to_string(),

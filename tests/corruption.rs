@@ -122,7 +122,7 @@ fn wal_verify_reports_lost_ranges_and_fails() {
     let file = sled_file(dir.path());
     let len = std::fs::metadata(&file).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(len / 2).unwrap();
-    // `wal verify` opens the WAL like the service does, which detects and records the loss.
+    // `wal verify` finds the loss as a starting collector would (on a copy; the WAL is left as is).
     let out = Command::new(env!("CARGO_BIN_EXE_collector"))
         .args(["wal", "verify", "--wal-dir"])
         .arg(dir.path())

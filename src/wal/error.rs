@@ -14,6 +14,10 @@ pub enum WalError {
     /// The WAL writer has shut down; the process is stopping. Retryable against another instance.
     #[error("the WAL is closed")]
     Closed,
+    /// The log was opened for inspection (`RecoveryMode::ReportOnly`) and cannot
+    /// append. Permanent: a caller bug, never seen by the service.
+    #[error("the WAL was opened read-only, for inspection")]
+    ReadOnly,
     /// The WAL directory or its settings are unusable.
     #[error("invalid WAL configuration: {0}")]
     Config(String),

@@ -11,9 +11,8 @@
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
+use super::keys::{bucket_name, IDEMPOTENCY_PREFIX};
 use super::WalError;
-
-const PREFIX: &[u8] = b"idem/";
 
 /// A client's idempotency key and a fingerprint of the body it came with, to tell a retry
 /// (same body) from a reuse of the key for something else.
@@ -36,15 +35,11 @@ pub(super) struct KeyIndex {
     buckets: RwLock<BTreeMap<u64, sled::Tree>>,
 }
 
-fn bucket_name(bucket: u64) -> Vec<u8> {
-    super::log::prefixed(PREFIX, bucket)
-}
-
 impl KeyIndex {
     pub fn open(db: &sled::Db, window_ms: u64) -> Result<Self, WalError> {
         let mut buckets = BTreeMap::new();
         for name in db.tree_names() {
-            if let Some(b) = name.strip_prefix(PREFIX) {
+            if let Some(b) = name.strip_prefix(IDEMPOTENCY_PREFIX) {
                 if let Ok(b) = <[u8; 8]>::try_from(b) {
                     buckets.insert(u64::from_be_bytes(b), db.open_tree(&name)?);
                 }

@@ -4,28 +4,20 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, MutexGuard, RwLock};
 
+use bytes::Bytes;
 use serde::Serialize;
 use tracing::{error, info, warn};
 
 use super::idempotency::{self, IdempotencyKey, KeyIndex, KeyRecord};
+use super::keys::{
+    key_to_seq, segment_bytes_key, segment_name, DELIVERED_KEY, META_TREE, NODE_ID_KEY, QUARANTINE_TREE,
+};
 use super::record::{self, FrameError};
+use super::recovery::{self, Loss, Recovery, RecoveryMode};
 use super::sequence::SequenceFile;
 use super::WalError;
-
-const META_TREE: &[u8] = b"meta";
-const QUARANTINE_TREE: &[u8] = b"quarantine";
-const SEGMENT_PREFIX: &[u8] = b"seg/";
-const DELIVERED_KEY: &[u8] = b"delivered_through";
-const NODE_ID_KEY: &[u8] = b"node_id";
-/// `lost/<first u64 BE>` → last u64 BE: a range of durable records sled no longer had at open.
-const LOST_PREFIX: &[u8] = b"lost/";
-/// The sled database inside the WAL directory; beside it lives the sequence file.
-const SLED_DIR: &str = "sled";
-const SEQUENCE_FILE: &str = "sequence";
-/// `segbytes/<first_seq u64 BE>` → bytes of a segment, so opening needs no scan.
-const SEGMENT_BYTES_PREFIX: &[u8] = b"segbytes/";
 
 /// The storage engine behind the WAL. Small on purpose so the engine can be swapped and the
 /// logic above it tested without disk.
@@ -57,8 +49,10 @@ pub trait LogStore: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct ReadRecord {
     pub seq: u64,
-    /// The framed value; `None` when it failed its checksum and was quarantined.
-    pub frame: Option<sled::IVec>,
+    /// The framed value; `None` when it failed its checksum and was quarantined. `Bytes`, not
+    /// the engine's own buffer type, so callers of [`LogStore`] never name sled; it shares the
+    /// engine's buffer rather than copying it.
+    pub frame: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -109,11 +103,18 @@ pub struct SledLog {
     segment_sizes: Mutex<BTreeMap<u64, u64>>,
     /// Sum of `segment_sizes`, read on every request for the quota.
     live_bytes: AtomicU64,
-    /// Guarantees sequence numbers are never reused (see `sequence.rs`).
-    sequence: Mutex<SequenceFile>,
+    /// Guarantees sequence numbers are never reused (see `sequence.rs`). `None` when opened
+    /// [`RecoveryMode::ReportOnly`]: such a log hands out no numbers, so it cannot append.
+    sequence: Option<Mutex<SequenceFile>>,
     lost_records: u64,
     /// Sequence numbers skipped at this open after a loss (first, last): they hold no records.
     gap: Option<(u64, u64)>,
+    /// A loss found at this open but not stored under `lost/` ([`RecoveryMode::ReportOnly`]),
+    /// so that `verify` still lists it.
+    unrecorded_loss: Option<(u64, u64)>,
+    /// The segment a [`RecoveryMode::Repair`] open would have started and a `ReportOnly` one
+    /// did not (0 or 1), counted in [`WalStats::segments`] so both report the same.
+    unstarted_segments: u64,
     opened_next_seq: u64,
     next_seq: AtomicU64,
     delivered_through: AtomicU64,
@@ -125,8 +126,23 @@ struct WriterState {
     active_bytes: u64,
 }
 
+/// What the recovery steps found, before the log is assembled from it.
+struct Found {
+    db: sled::Db,
+    meta: sled::Tree,
+    sequence: Option<SequenceFile>,
+    delivered: u64,
+    segments: BTreeMap<u64, sled::Tree>,
+    segment_sizes: BTreeMap<u64, u64>,
+    keys: KeyIndex,
+    /// The highest sequence number sled still holds (or the watermark).
+    last_seq: u64,
+    loss: Option<Loss>,
+}
+
 impl SledLog {
-    /// Opens (or creates) the log in `dir` and recovers its position.
+    /// Opens (or creates) the log in `dir` and recovers its position with
+    /// [`RecoveryMode::Repair`].
     ///
     /// Recovery: the delivered watermark is read from `meta`; segments wholly at or below it are
     /// dropped (a crash may have happened between the watermark write and the drop); the next
@@ -136,97 +152,81 @@ impl SledLog {
     /// # Errors
     /// [`WalError::Storage`] if sled cannot open the directory.
     pub fn open(dir: &Path, options: LogOptions) -> Result<Self, WalError> {
+        Self::open_with(dir, options, RecoveryMode::Repair)
+    }
+
+    /// Opens the log in `dir`, recovering as `mode` says; the steps are in `recovery.rs`.
+    ///
+    /// # Errors
+    /// [`WalError::Config`] for a zero segment size; [`WalError::Storage`] if a step fails.
+    pub(super) fn open_with(dir: &Path, options: LogOptions, mode: RecoveryMode) -> Result<Self, WalError> {
         if options.segment_bytes == 0 {
             return Err(WalError::Config("segment size must be above zero".into()));
         }
-        std::fs::create_dir_all(dir).map_err(|e| WalError::Storage(format!("creating {}: {e}", dir.display())))?;
-        let (sequence, floor) = SequenceFile::open(&dir.join(SEQUENCE_FILE))?;
-        let db = open_or_set_aside(&dir.join(SLED_DIR), options.cache_bytes)?;
+        let recovery = Recovery { dir, mode };
+        let (sequence, floor) = recovery.open_sequence_file()?;
+        let db = recovery.open_or_set_aside_sled(options.cache_bytes)?;
         let meta = db.open_tree(META_TREE)?;
-        let quarantine = db.open_tree(QUARANTINE_TREE)?;
-        let delivered = match meta.get(DELIVERED_KEY)? {
-            Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),
-            Some(v) => {
-                return Err(WalError::Storage(format!("meta/{DELIVERED_KEY:?} has {} bytes, expected 8", v.len())))
-            }
-            None => 0,
-        };
-        let mut segments = BTreeMap::new();
-        for name in db.tree_names() {
-            if let Some(first) = name.strip_prefix(SEGMENT_PREFIX) {
-                let first: [u8; 8] = first.try_into().map_err(|_| {
-                    WalError::Storage(format!("unexpected tree name {:?}", String::from_utf8_lossy(&name)))
-                })?;
-                segments.insert(u64::from_be_bytes(first), db.open_tree(&name)?);
-            }
-        }
-        let mut last_seq = delivered;
-        for tree in segments.values().rev() {
-            if let Some((k, _)) = tree.last()? {
-                last_seq = last_seq.max(key_to_seq(&k)?);
-                break;
-            }
-        }
-        // Durable records sled no longer has are reported, never ignored; and after such a loss
-        // the numbers continue above every one ever reserved, since some of the lost ones may
-        // have been acknowledged or committed to Kafka. Otherwise they stay dense.
-        let gap = if floor.last_durable > last_seq {
-            let (from, to) = (last_seq + 1, floor.last_durable);
-            error!(
-                from,
-                to,
-                "The WAL lost durable records: sled truncated its log (torn write or corruption). They are reported, not recoverable; in exactly-once mode those already committed to Kafka are skipped."
-            );
-            meta.insert(lost_key(from), &to.to_be_bytes())?;
-            crate::telemetry::wal_records_lost(to - from + 1);
-            Some((from, last_seq.max(floor.reserved_through)))
-        } else {
-            None
-        };
-        let lost_records = lost_ranges(&meta)?.iter().map(|(from, to)| to.saturating_sub(*from) + 1).sum();
-        let last_seq = gap.map_or(last_seq, |(_, to)| to);
+        let delivered = recovery::read_watermark(&meta)?;
+        let segments = recovery::load_segments(&db)?;
+        let last_seq = recovery::last_sequence(&segments, delivered)?;
+        let loss = recovery.detect_loss(floor, last_seq, &meta)?;
         let keys = KeyIndex::open(&db, options.idempotency_window_ms)?;
-        // Every segment's size is in `meta` (written before its records); one without an entry
-        // (never written to) is scanned, which costs nothing.
-        let mut segment_sizes = BTreeMap::new();
-        for (first, tree) in &segments {
-            let size = match meta.get(segment_bytes_key(*first))? {
-                Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),
-                _ => tree.iter().values().map(|v| v.map(|v| v.len() as u64)).sum::<Result<u64, _>>()?,
-            };
-            segment_sizes.insert(*first, size);
+        let segment_sizes = recovery::load_segment_sizes(&meta, &segments)?;
+        let found = Found { db, meta, sequence, delivered, segments, segment_sizes, keys, last_seq, loss };
+        let mut log = SledLog::assemble(found, options)?;
+        match mode {
+            RecoveryMode::Repair => {
+                log.reclaim(delivered)?;
+                log.roll_segment(log.opened_next_seq)?;
+            }
+            RecoveryMode::ReportOnly => {
+                log.count_as_if_repaired(delivered);
+                return Ok(log);
+            }
         }
-        let live: u64 = segment_sizes.values().sum();
-        let log = SledLog {
-            keys,
-            db,
-            meta,
-            quarantine: quarantine.clone(),
-            options,
-            segments: RwLock::new(segments),
-            writer: Mutex::new(WriterState { active_first_seq: 0, active_bytes: 0 }),
-            segment_sizes: Mutex::new(segment_sizes),
-            sequence: Mutex::new(sequence),
-            lost_records,
-            gap,
-            opened_next_seq: last_seq + 1,
-            live_bytes: AtomicU64::new(live),
-            next_seq: AtomicU64::new(last_seq + 1),
-            delivered_through: AtomicU64::new(delivered),
-            quarantined: AtomicU64::new(quarantine.len() as u64),
-        };
-        log.reclaim(delivered)?;
-        log.roll_segment(last_seq + 1)?;
         info!(
             dir = %dir.display(),
-            next_seq = last_seq + 1,
+            next_seq = log.opened_next_seq,
             delivered_through = delivered,
-            pending = last_seq - delivered,
+            pending = log.opened_next_seq - 1 - delivered,
             "Opened the WAL."
         );
         Ok(log)
     }
 
+    /// Builds the log from what recovery found: the next number follows the highest record,
+    /// or after a loss every number skipped because of it.
+    fn assemble(found: Found, options: LogOptions) -> Result<Self, WalError> {
+        let Found { db, meta, sequence, delivered, segments, segment_sizes, keys, last_seq, loss } = found;
+        let unrecorded_loss = loss.filter(|l| !l.recorded).map(|l| l.lost);
+        let lost_records =
+            recovery::lost_ranges(&meta, unrecorded_loss)?.iter().map(|(from, to)| to.saturating_sub(*from) + 1).sum();
+        let next_seq = loss.map_or(last_seq, |l| l.skipped.1) + 1;
+        let quarantine = db.open_tree(QUARANTINE_TREE)?;
+        Ok(SledLog {
+            keys,
+            db,
+            meta,
+            quarantined: AtomicU64::new(quarantine.len() as u64),
+            quarantine,
+            options,
+            live_bytes: AtomicU64::new(segment_sizes.values().sum()),
+            segments: RwLock::new(segments),
+            writer: Mutex::new(WriterState { active_first_seq: 0, active_bytes: 0 }),
+            segment_sizes: Mutex::new(segment_sizes),
+            sequence: sequence.map(Mutex::new),
+            lost_records,
+            gap: loss.map(|l| l.skipped),
+            unrecorded_loss,
+            unstarted_segments: 0,
+            opened_next_seq: next_seq,
+            next_seq: AtomicU64::new(next_seq),
+            delivered_through: AtomicU64::new(delivered),
+        })
+    }
+
+    /// Makes a new segment starting at `first_seq` the active one; the old one's size is kept.
     fn roll_segment(&self, first_seq: u64) -> Result<(), WalError> {
         let mut w = self.writer.lock().expect("writer lock poisoned");
         {
@@ -245,26 +245,51 @@ impl SledLog {
 
     /// Drops every segment whose records are all `<= delivered` and that is not the active one.
     fn reclaim(&self, delivered: u64) -> Result<(), WalError> {
-        let doomed: Vec<u64> = {
-            let segments = self.segments.read().expect("segments lock poisoned");
-            let firsts: Vec<u64> = segments.keys().copied().collect();
-            firsts
-                .windows(2)
-                // A segment ends where the next one starts, so it is done if the next starts at or
-                // below delivered + 1. The last (active) segment has no successor and is kept.
-                .filter(|w| w[1] <= delivered + 1)
-                .map(|w| w[0])
-                .collect()
-        };
-        for first in doomed {
+        for first in self.reclaimable(delivered) {
             self.segments.write().expect("segments lock poisoned").remove(&first);
             self.db.drop_tree(segment_name(first))?;
-            if let Some(size) = self.segment_sizes.lock().expect("sizes lock poisoned").remove(&first) {
-                self.live_bytes.fetch_sub(size, Ordering::AcqRel);
-            }
+            self.forget_size(first);
             self.meta.remove(segment_bytes_key(first))?;
         }
         Ok(())
+    }
+
+    /// Makes this handle count segments as a [`RecoveryMode::Repair`] open would leave them,
+    /// without its writes ([`RecoveryMode::ReportOnly`]): the segments [`SledLog::reclaim`]
+    /// would drop are left out (the disk keeps them), and the fresh one
+    /// [`SledLog::roll_segment`] would start is counted.
+    fn count_as_if_repaired(&mut self, delivered: u64) {
+        for first in self.reclaimable(delivered) {
+            self.segments.write().expect("segments lock poisoned").remove(&first);
+            self.forget_size(first);
+        }
+        let segments = self.segments.read().expect("segments lock poisoned");
+        self.unstarted_segments = u64::from(!segments.contains_key(&self.opened_next_seq));
+    }
+
+    /// The segments whose records are all `<= delivered`, except the active one.
+    fn reclaimable(&self, delivered: u64) -> Vec<u64> {
+        let segments = self.segments.read().expect("segments lock poisoned");
+        let firsts: Vec<u64> = segments.keys().copied().collect();
+        firsts
+            .windows(2)
+            // A segment ends where the next one starts, so it is done if the next starts at or
+            // below delivered + 1. The last (active) segment has no successor and is kept.
+            .filter(|w| w[1] <= delivered + 1)
+            .map(|w| w[0])
+            .collect()
+    }
+
+    fn forget_size(&self, first: u64) {
+        if let Some(size) = self.segment_sizes.lock().expect("sizes lock poisoned").remove(&first) {
+            self.live_bytes.fetch_sub(size, Ordering::AcqRel);
+        }
+    }
+
+    /// The sequence file, which only a log opened [`RecoveryMode::Repair`] has.
+    fn sequence(&self) -> Result<MutexGuard<'_, SequenceFile>, WalError> {
+        let sequence = self.sequence.as_ref().ok_or(WalError::ReadOnly)?;
+        Ok(sequence.lock().expect("sequence lock poisoned"))
     }
 
     fn quarantine_record(&self, seq: u64, value: &[u8], err: &FrameError) {
@@ -292,7 +317,7 @@ impl LogStore for SledLog {
             self.roll_segment(first)?;
         }
         // Reserve before writing: no record may carry a number the sequence file does not cover.
-        self.sequence.lock().expect("sequence lock poisoned").reserve(first + frames.len() as u64 - 1)?;
+        self.sequence()?.reserve(first + frames.len() as u64 - 1)?;
         let mut w = self.writer.lock().expect("writer lock poisoned");
         let tree = self.segments.read().expect("segments lock poisoned")[&w.active_first_seq].clone();
         let mut batch = sled::Batch::default();
@@ -350,7 +375,7 @@ impl LogStore for SledLog {
     fn sync(&self) -> Result<(), WalError> {
         self.db.flush()?;
         let durable = self.next_seq.load(Ordering::Acquire) - 1;
-        self.sequence.lock().expect("sequence lock poisoned").durable(durable)
+        self.sequence()?.durable(durable)
     }
 
     fn read(&self, from: u64, upto: u64, max_records: usize, max_bytes: usize) -> Result<Vec<ReadRecord>, WalError> {
@@ -372,7 +397,7 @@ impl LogStore for SledLog {
                 match record::decode(&v) {
                     Ok(_) => {
                         bytes += v.len();
-                        out.push(ReadRecord { seq, frame: Some(v) });
+                        out.push(ReadRecord { seq, frame: Some(Bytes::from_owner(v)) });
                     }
                     Err(e) => {
                         self.quarantine_record(seq, &v, &e);
@@ -414,7 +439,7 @@ impl LogStore for SledLog {
             next_seq,
             delivered_through,
             pending_records: next_seq.saturating_sub(delivered_through + 1) - skipped,
-            segments: self.segments.read().expect("segments lock poisoned").len() as u64,
+            segments: self.segments.read().expect("segments lock poisoned").len() as u64 + self.unstarted_segments,
             live_bytes: self.live_bytes.load(Ordering::Acquire),
             quarantined: self.quarantined.load(Ordering::Relaxed),
             lost_records: self.lost_records,
@@ -478,7 +503,7 @@ impl SledLog {
                 }
             }
         }
-        Ok(VerifyReport { stats, ok, corrupt, lost: lost_ranges(&self.meta)? })
+        Ok(VerifyReport { stats, ok, corrupt, lost: recovery::lost_ranges(&self.meta, self.unrecorded_loss)? })
     }
 
     /// Every quarantined record: sequence number and the raw stored bytes.
@@ -491,90 +516,4 @@ impl SledLog {
             })
             .collect()
     }
-}
-
-/// Opens sled at `path`. If sled cannot open it (its own files are damaged beyond its recovery),
-/// the directory is renamed to `<path>.corrupt-<ms>` for inspection and a fresh one is started:
-/// the service must start, and the sequence file keeps numbers from being reused.
-fn open_or_set_aside(path: &Path, cache_bytes: u64) -> Result<sled::Db, WalError> {
-    let open = || {
-        sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            // We fsync explicitly at every group commit; the background flush is only a backstop.
-            .flush_every_ms(Some(1000))
-            .open()
-    };
-    // The file lock may still be held for a moment by a process that is exiting (or, in
-    // tests, by sled's background thread after the last handle was dropped): wait a little,
-    // then say plainly that the WAL is in use.
-    let mut attempts = 0;
-    let opened = loop {
-        match open() {
-            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 100 => {
-                attempts += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => break other,
-        }
-    };
-    match opened {
-        Ok(db) => Ok(db),
-        Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Err(WalError::Storage(format!(
-            "the WAL at {} is in use by another process (is another collector running on it?)",
-            path.display()
-        ))),
-        Err(sled::Error::Io(e)) if e.kind() != std::io::ErrorKind::InvalidData => {
-            Err(WalError::Storage(format!("opening {}: {e}", path.display())))
-        }
-        Err(e) => {
-            let aside = path.with_extension(format!("corrupt-{}", crate::now_ms()));
-            error!(
-                path = %path.display(),
-                aside = %aside.display(),
-                error = %e,
-                "sled cannot open the WAL; setting it aside and starting an empty one. Its records are not delivered; inspect it with `collector wal verify`."
-            );
-            crate::telemetry::wal_set_aside();
-            std::fs::rename(path, &aside)
-                .map_err(|e| WalError::Storage(format!("setting aside {}: {e}", path.display())))?;
-            Ok(open()?)
-        }
-    }
-}
-
-/// The ranges (first, last) of durable records sled no longer had at some open.
-fn lost_ranges(meta: &sled::Tree) -> Result<Vec<(u64, u64)>, WalError> {
-    meta.scan_prefix(LOST_PREFIX)
-        .map(|item| {
-            let (k, v) = item?;
-            Ok((key_to_seq(&k[LOST_PREFIX.len()..])?, key_to_seq(&v)?))
-        })
-        .collect()
-}
-
-/// `prefix` followed by `n` as a big-endian u64: the shape of every tree name and meta key
-/// that carries a number, so they sort numerically.
-pub(super) fn prefixed(prefix: &[u8], n: u64) -> Vec<u8> {
-    let mut key = prefix.to_vec();
-    key.extend_from_slice(&n.to_be_bytes());
-    key
-}
-
-fn lost_key(from: u64) -> Vec<u8> {
-    prefixed(LOST_PREFIX, from)
-}
-
-fn segment_bytes_key(first_seq: u64) -> Vec<u8> {
-    prefixed(SEGMENT_BYTES_PREFIX, first_seq)
-}
-
-fn segment_name(first_seq: u64) -> Vec<u8> {
-    prefixed(SEGMENT_PREFIX, first_seq)
-}
-
-fn key_to_seq(key: &[u8]) -> Result<u64, WalError> {
-    let arr: [u8; 8] =
-        key.try_into().map_err(|_| WalError::Storage(format!("WAL key of {} bytes, expected 8", key.len())))?;
-    Ok(u64::from_be_bytes(arr))
 }

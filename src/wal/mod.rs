@@ -5,9 +5,15 @@
 //! flusher ([`LogStore::read`]), which acknowledges what Kafka confirmed
 //! ([`LogStore::ack_through`]). Guaranteed: an `append` that returned `Ok(seq)` survives
 //! `kill -9` and power loss (sled `flush()` = fsync); records are read back in the order of
-//! their sequence numbers; a record is only reclaimed after it was acknowledged. Not
-//! guaranteed: a record acknowledged downstream may be delivered again after a crash (the
-//! watermark is written after Kafka confirms), so delivery into Kafka is at-least-once.
+//! their sequence numbers; a record is only reclaimed after it was acknowledged; sequence
+//! numbers are never reused. Not guaranteed by the WAL alone: it hands records out *at least
+//! once* — a record Kafka already has may be read again after a crash, because the watermark
+//! is written after Kafka confirms. The flusher turns that into exactly-once (the default) for
+//! `read_committed` readers by committing the WAL position with each batch in one Kafka
+//! transaction and resuming after Kafka's committed position (see `crate::flush`); with
+//! `--delivery-guarantee at-least-once` such a record is sent again.
+//!
+//! Inspection (`collector wal stats|verify|quarantine`, [`Inspection`]) never changes a WAL.
 //!
 //! # Design
 //! **Engine.** sled 0.34 behind the small [`LogStore`] trait. sled is beta and known to leak
@@ -17,7 +23,8 @@
 //! **Directory.** `<wal-dir>/sled/` is the sled database; `<wal-dir>/sequence` is the sequence
 //! file (see [`sequence`]-module docs: the highest number ever reserved, fsynced once per
 //! million, and the last durable one); `<wal-dir>/sled.corrupt-<ms>/` is a sled directory sled
-//! refused to open, set aside for inspection.
+//! refused to open, set aside for inspection. The names, and the key encoding below, are
+//! defined in one place, `keys.rs`.
 //!
 //! **Trees.**
 //! - `seg/<first_seq: u64 BE>` — one per segment; key = sequence number as `u64` big-endian
@@ -46,15 +53,26 @@
 //! returned, and the last flushed watermark. Records written but not yet fsynced may or may
 //! not survive; their clients never got a 2xx.
 //!
-//! **Recovery** (a named policy: *resume, set aside, report*): on open, read the watermark, drop
-//! segments wholly at or below it, continue sequence numbers as above. A record that fails its
-//! checksum when read is copied to `quarantine`, logged, counted
-//! (`collector_wal_quarantined_total`) and skipped. sled itself recovers a torn or corrupt log
-//! by truncating it at the first bad message, silently, and a flipped byte early in its log
-//! loses everything after it: the sequence file's `last_durable` exposes that, and the missing
-//! range is logged, counted (`collector_wal_lost_records_total`), stored under `lost/` and
-//! listed by `collector wal verify`. If sled refuses to open at all, its directory is set aside
-//! and an empty one started. None of this ever stops the service from starting.
+//! **Recovery** is a named policy, [`RecoveryMode`], run as the documented steps of
+//! `recovery.rs`. [`RecoveryMode::Repair`] (every [`SledLog::open`]) *resumes, sets aside,
+//! reports*: read the watermark, drop segments wholly at or below it, continue sequence numbers
+//! as above, start a fresh segment. A record that fails its checksum when read is copied to
+//! `quarantine`, logged, counted (`collector_wal_quarantined_total`) and skipped. sled itself
+//! recovers a torn or corrupt log by truncating it at the first bad message, silently, and a
+//! flipped byte early in its log loses everything after it: the sequence file's `last_durable`
+//! exposes that, and the missing range is logged, counted (`collector_wal_lost_records_total`),
+//! stored under `lost/` and listed by `collector wal verify`. If sled refuses to open at all,
+//! its directory is set aside and an empty one started. None of this ever stops the service
+//! from starting.
+//!
+//! **Inspection.** sled 0.34 has no read-only mode: opening writes (its config, its own log
+//! recovery, its lock), and `Repair` writes more. So [`Inspection::open`] copies `sled/` and
+//! the sequence file to a temporary directory and opens the copy with
+//! [`RecoveryMode::ReportOnly`]: the same steps, reporting what `Repair` would find (including
+//! a loss detected only now) and changing nothing — no set-aside (an error instead), no `lost/`
+//! entry, no segment dropped or started, no sequence number handed out. The copy is deleted
+//! afterwards. The original is only read and not locked, so the collector should be stopped
+//! first: a WAL copied while it is written can look torn.
 //!
 //! **Reclamation.** After Kafka confirms a batch, the flusher calls `ack_through(seq)`: the
 //! watermark is written and fsynced, then every non-active segment whose records are all
@@ -62,14 +80,19 @@
 
 mod error;
 pub mod idempotency;
+mod inspect;
+mod keys;
 mod log;
 pub mod record;
+mod recovery;
 mod sequence;
 mod writer;
 
 pub use error::WalError;
 pub use idempotency::{IdempotencyKey, KeyRecord};
+pub use inspect::Inspection;
 pub use log::{LogOptions, LogStore, ReadRecord, SledLog, VerifyReport, WalStats};
+pub use recovery::RecoveryMode;
 pub use writer::{Appended, WalWriter};
 
 #[cfg(test)]

@@ -54,19 +54,18 @@ impl SequenceFile {
     /// and treated as empty (the sled contents still bound the numbers from below).
     pub fn open(path: &Path) -> Result<(Self, Floor), WalError> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
-        let mut buf = [0u8; 20];
-        let floor = match file.read_exact_at(&mut buf, 0) {
-            Ok(()) if crc32fast::hash(&buf[..16]).to_be_bytes() == buf[16..20] => Floor {
-                reserved_through: u64::from_be_bytes(buf[..8].try_into().expect("8 bytes")),
-                last_durable: u64::from_be_bytes(buf[8..16].try_into().expect("8 bytes")),
-            },
-            Ok(()) => {
-                tracing::error!(path = %path.display(), "The WAL sequence file fails its checksum; ignoring it.");
-                Floor::default()
-            }
-            Err(_) => Floor::default(),
-        };
+        let floor = floor_of(&file, path);
         Ok((SequenceFile { file, reserved_through: floor.reserved_through, last_durable: floor.last_durable }, floor))
+    }
+
+    /// What the file at `path` says, without creating or changing it (for inspection). A
+    /// missing or unreadable file reads as empty, as in [`SequenceFile::open`].
+    pub fn read_floor(path: &Path) -> Result<Floor, WalError> {
+        match File::open(path) {
+            Ok(file) => Ok(floor_of(&file, path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Floor::default()),
+            Err(e) => Err(io(e)),
+        }
     }
 
     /// Makes sure every number up to `seq` is reserved; fsyncs when it has to reserve more.
@@ -95,6 +94,22 @@ impl SequenceFile {
         let crc = crc32fast::hash(&buf[..16]);
         buf[16..].copy_from_slice(&crc.to_be_bytes());
         self.file.write_all_at(&buf, 0).map_err(io)
+    }
+}
+
+/// Reads the floor from an open sequence file; a short or damaged file reads as empty.
+fn floor_of(file: &File, path: &Path) -> Floor {
+    let mut buf = [0u8; 20];
+    match file.read_exact_at(&mut buf, 0) {
+        Ok(()) if crc32fast::hash(&buf[..16]).to_be_bytes() == buf[16..20] => Floor {
+            reserved_through: u64::from_be_bytes(buf[..8].try_into().expect("8 bytes")),
+            last_durable: u64::from_be_bytes(buf[8..16].try_into().expect("8 bytes")),
+        },
+        Ok(()) => {
+            tracing::error!(path = %path.display(), "The WAL sequence file fails its checksum; ignoring it.");
+            Floor::default()
+        }
+        Err(_) => Floor::default(),
     }
 }
 

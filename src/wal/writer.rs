@@ -34,8 +34,11 @@ pub enum Appended {
 struct AppendRequest {
     frame: Vec<u8>,
     key: Option<IdempotencyKey>,
-    reply: oneshot::Sender<Result<Appended, WalError>>,
+    reply: Reply,
 }
+
+/// Where a request's outcome goes.
+type Reply = oneshot::Sender<Result<Appended, WalError>>;
 
 /// Cloneable handle to the group-commit writer.
 #[derive(Clone)]
@@ -85,74 +88,126 @@ enum Pending {
     Known(Result<Appended, WalError>),
 }
 
+/// One group of requests, resolved: what to store and how to answer each request.
+struct Group {
+    /// The frames to append, in order.
+    frames: Vec<Vec<u8>>,
+    /// Idempotency keys to store with the frame at that index of `frames`.
+    keys: Vec<(usize, IdempotencyKey)>,
+    /// Every request's answer-to-be and where to send it, in arrival order.
+    answers: Vec<(Pending, Reply)>,
+    /// Keys stored by this group so far → (frame index, body fingerprint), so that a second
+    /// request with the same key in the same group is not stored again.
+    in_group: HashMap<Vec<u8>, (usize, u64)>,
+}
+
+/// The writer thread: gather a group, resolve its idempotency keys, commit it with one fsync,
+/// answer every request; until every [`WalWriter`] is gone.
 fn commit_loop(
     log: Arc<dyn LogStore>,
     mut rx: mpsc::Receiver<AppendRequest>,
     durable_tx: watch::Sender<u64>,
     max_batch: usize,
 ) {
-    let mut group = Vec::with_capacity(max_batch);
+    let mut requests = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
-        group.push(first);
-        while group.len() < max_batch {
-            match rx.try_recv() {
-                Ok(req) => group.push(req),
-                Err(_) => break,
-            }
+        gather(&mut rx, first, &mut requests, max_batch);
+        let group = Group::resolve(log.as_ref(), requests.drain(..));
+        let outcome = commit(log.as_ref(), &group, &durable_tx);
+        answer(group.answers, &outcome);
+    }
+}
+
+/// Takes `first` and whatever else is already waiting, up to `max_batch` requests.
+fn gather(
+    rx: &mut mpsc::Receiver<AppendRequest>,
+    first: AppendRequest,
+    into: &mut Vec<AppendRequest>,
+    max_batch: usize,
+) {
+    into.push(first);
+    while into.len() < max_batch {
+        match rx.try_recv() {
+            Ok(req) => into.push(req),
+            Err(_) => break,
         }
-        let mut frames = Vec::with_capacity(group.len());
-        let mut keys = Vec::new();
-        let mut in_group: HashMap<Vec<u8>, (usize, u64)> = HashMap::new();
-        let mut answers = Vec::with_capacity(group.len());
-        for req in group.drain(..) {
-            let pending = match &req.key {
-                None => None,
-                Some(k) => match in_group.get(&k.key) {
-                    Some(&(index, fp)) if fp == k.fingerprint => Some(Pending::DuplicateInGroup(index)),
-                    Some(_) => Some(Pending::Known(Ok(Appended::KeyReused))),
-                    None => match log.lookup_key(&k.key) {
-                        Ok(Some(rec)) if rec.fingerprint == k.fingerprint => {
-                            Some(Pending::Known(Ok(Appended::Duplicate(rec.seq))))
-                        }
-                        Ok(Some(_)) => Some(Pending::Known(Ok(Appended::KeyReused))),
-                        Ok(None) => {
-                            in_group.insert(k.key.clone(), (frames.len(), k.fingerprint));
-                            keys.push((frames.len(), k.clone()));
-                            None
-                        }
-                        Err(e) => Some(Pending::Known(Err(e))),
-                    },
-                },
-            };
-            let pending = pending.unwrap_or_else(|| {
-                frames.push(req.frame);
-                Pending::Stored(frames.len() - 1)
+    }
+}
+
+impl Group {
+    /// Decides for each request whether its frame is stored or its key already answers it.
+    fn resolve(log: &dyn LogStore, requests: impl Iterator<Item = AppendRequest>) -> Self {
+        let n = requests.size_hint().0;
+        let mut group = Group {
+            frames: Vec::with_capacity(n),
+            keys: Vec::new(),
+            answers: Vec::with_capacity(n),
+            in_group: HashMap::new(),
+        };
+        for req in requests {
+            let known = req.key.as_ref().and_then(|k| group.resolve_key(log, k));
+            let pending = known.unwrap_or_else(|| {
+                group.frames.push(req.frame);
+                Pending::Stored(group.frames.len() - 1)
             });
-            answers.push((pending, req.reply));
+            group.answers.push((pending, req.reply));
         }
-        let outcome = log.append(&frames, &keys).and_then(|first_seq| log.sync().map(|()| first_seq));
-        crate::telemetry::wal_group_committed(frames.len());
-        if let Ok(first_seq) = &outcome {
-            if !frames.is_empty() {
-                durable_tx.send_replace(first_seq + frames.len() as u64 - 1);
-            }
-        } else if let Err(e) = &outcome {
-            error!(error = %e, records = frames.len(), "A WAL group commit failed; its requests get an error.");
+        group
+    }
+
+    /// How a request with key `k` is answered without storing it: a duplicate of this group or
+    /// of the log, or a key reused for another body. `None` if it is to be stored, with its key.
+    fn resolve_key(&mut self, log: &dyn LogStore, k: &IdempotencyKey) -> Option<Pending> {
+        match self.in_group.get(&k.key) {
+            Some(&(index, fp)) if fp == k.fingerprint => Some(Pending::DuplicateInGroup(index)),
+            Some(_) => Some(Pending::Known(Ok(Appended::KeyReused))),
+            None => match log.lookup_key(&k.key) {
+                Ok(Some(rec)) if rec.fingerprint == k.fingerprint => {
+                    Some(Pending::Known(Ok(Appended::Duplicate(rec.seq))))
+                }
+                Ok(Some(_)) => Some(Pending::Known(Ok(Appended::KeyReused))),
+                Ok(None) => {
+                    self.in_group.insert(k.key.clone(), (self.frames.len(), k.fingerprint));
+                    self.keys.push((self.frames.len(), k.clone()));
+                    None
+                }
+                Err(e) => Some(Pending::Known(Err(e))),
+            },
         }
-        for (pending, reply) in answers {
-            let answer = match (pending, &outcome) {
-                // A duplicate of a record stored by an earlier group is only answered 200 once
-                // an fsync succeeded after it: this group's. (If that earlier group's fsync had
-                // failed, its record is not known to be on disk.)
-                (Pending::Known(Ok(Appended::Duplicate(_))), Err(e)) => Err(e.clone()),
-                (Pending::Known(answer), _) => answer,
-                (Pending::Stored(i), Ok(first)) => Ok(Appended::Stored(first + i as u64)),
-                (Pending::DuplicateInGroup(i), Ok(first)) => Ok(Appended::Duplicate(first + i as u64)),
-                (_, Err(e)) => Err(e.clone()),
-            };
-            // A waiter that went away (client disconnected) is fine: a stored record is durable
-            // and will be delivered; the client retries, with its key if it sent one.
-            let _ = reply.send(answer);
+    }
+}
+
+/// Appends the group's frames as one batch, fsyncs once and publishes the new durable
+/// position. Returns the first frame's sequence number.
+fn commit(log: &dyn LogStore, group: &Group, durable_tx: &watch::Sender<u64>) -> Result<u64, WalError> {
+    let frames = &group.frames;
+    let outcome = log.append(frames, &group.keys).and_then(|first_seq| log.sync().map(|()| first_seq));
+    crate::telemetry::wal_group_committed(frames.len());
+    if let Ok(first_seq) = &outcome {
+        if !frames.is_empty() {
+            durable_tx.send_replace(first_seq + frames.len() as u64 - 1);
         }
+    } else if let Err(e) = &outcome {
+        error!(error = %e, records = frames.len(), "A WAL group commit failed; its requests get an error.");
+    }
+    outcome
+}
+
+/// Answers every request of a group once its commit has an outcome.
+fn answer(answers: Vec<(Pending, Reply)>, outcome: &Result<u64, WalError>) {
+    for (pending, reply) in answers {
+        let answer = match (pending, outcome) {
+            // A duplicate of a record stored by an earlier group is only answered 200 once
+            // an fsync succeeded after it: this group's. (If that earlier group's fsync had
+            // failed, its record is not known to be on disk.)
+            (Pending::Known(Ok(Appended::Duplicate(_))), Err(e)) => Err(e.clone()),
+            (Pending::Known(answer), _) => answer,
+            (Pending::Stored(i), Ok(first)) => Ok(Appended::Stored(first + i as u64)),
+            (Pending::DuplicateInGroup(i), Ok(first)) => Ok(Appended::Duplicate(first + i as u64)),
+            (_, Err(e)) => Err(e.clone()),
+        };
+        // A waiter that went away (client disconnected) is fine: a stored record is durable
+        // and will be delivered; the client retries, with its key if it sent one.
+        let _ = reply.send(answer);
     }
 }

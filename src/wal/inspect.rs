@@ -1,0 +1,109 @@
+//! Read-only inspection of a WAL directory, for `collector wal stats|verify|quarantine`.
+//!
+//! Looking must not change what is looked at: a WAL someone inspects may be the evidence of a
+//! fault. But sled 0.34 has no read-only mode (opening rewrites its config, recovers a torn log
+//! by truncating it, takes a lock), and a collector's open reclaims segments, records lost
+//! ranges, may set an unopenable sled directory aside and starts a segment. So
+//! [`Inspection::open`] copies the sled directory and the sequence file into a fresh temporary
+//! directory and opens the copy with [`RecoveryMode::ReportOnly`]: the report shows what a
+//! collector starting on the WAL would find, and the WAL itself is only read. The copy is
+//! deleted when the `Inspection` is dropped.
+//!
+//! The copy lives in the system's temporary directory (`TMPDIR`) and needs as much space as the
+//! WAL. Stop the collector first: the copy is taken file by file without sled's lock, so a WAL
+//! being written while it is copied can look torn (and report records as lost that are not).
+
+use std::path::Path;
+
+use tempfile::TempDir;
+use tracing::info;
+
+use super::keys::{SEQUENCE_FILE, SLED_DIR};
+use super::{LogOptions, LogStore, RecoveryMode, SledLog, VerifyReport, WalError, WalStats};
+
+/// A WAL opened for inspection: a [`SledLog`] over a private copy that offers only reads.
+pub struct Inspection {
+    // Declared before `_copy` so that sled is closed before its files are deleted.
+    log: SledLog,
+    /// The copy of the WAL; removed on drop. Only held for that.
+    _copy: TempDir,
+}
+
+impl Inspection {
+    /// Copies the WAL in `dir` to a temporary directory and opens the copy for reading.
+    /// Creates and changes nothing under `dir`.
+    ///
+    /// # Errors
+    /// [`WalError::Config`] if `dir` holds no WAL (no `sled/` directory); [`WalError::Storage`]
+    /// if copying fails or sled cannot open the copy.
+    pub fn open(dir: &Path) -> Result<Self, WalError> {
+        let sled_dir = dir.join(SLED_DIR);
+        if !sled_dir.is_dir() {
+            return Err(WalError::Config(format!(
+                "no WAL at {}: {} does not exist",
+                dir.display(),
+                sled_dir.display()
+            )));
+        }
+        let copy = tempfile::Builder::new()
+            .prefix("collector-wal-inspect-")
+            .tempdir()
+            .map_err(|e| WalError::Storage(format!("creating a temporary directory for the copy: {e}")))?;
+        copy_tree(&sled_dir, &copy.path().join(SLED_DIR))?;
+        let sequence = dir.join(SEQUENCE_FILE);
+        if sequence.exists() {
+            copy_file(&sequence, &copy.path().join(SEQUENCE_FILE))?;
+        }
+        info!(wal = %dir.display(), copy = %copy.path().display(), "Inspecting a copy of the WAL.");
+        let log = SledLog::open_with(copy.path(), inspection_options(), RecoveryMode::ReportOnly)?;
+        Ok(Inspection { log, _copy: copy })
+    }
+
+    /// Positions, pending records, segments and sizes, as a collector starting now would find them.
+    pub fn stats(&self) -> WalStats {
+        self.log.stats()
+    }
+
+    /// Every pending record's checksum, and the lost ranges (see [`SledLog::verify`]).
+    ///
+    /// # Errors
+    /// [`WalError::Storage`] if sled fails to read.
+    pub fn verify(&self) -> Result<VerifyReport, WalError> {
+        self.log.verify()
+    }
+
+    /// Every quarantined record: sequence number and the raw stored bytes.
+    ///
+    /// # Errors
+    /// [`WalError::Storage`] if sled fails to read.
+    pub fn quarantined(&self) -> Result<Vec<(u64, Vec<u8>)>, WalError> {
+        self.log.quarantined()
+    }
+}
+
+/// Settings for reading: inspection appends nothing, so only the cache size matters.
+fn inspection_options() -> LogOptions {
+    LogOptions { segment_bytes: u64::MAX, cache_bytes: 16 * 1024 * 1024, idempotency_window_ms: 86_400_000 }
+}
+
+/// Copies the directory tree `from` to `to` (which must not exist yet).
+fn copy_tree(from: &Path, to: &Path) -> Result<(), WalError> {
+    let io = |what: &str, path: &Path, e: std::io::Error| WalError::Storage(format!("{what} {}: {e}", path.display()));
+    std::fs::create_dir(to).map_err(|e| io("creating", to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| io("reading", from, e))? {
+        let entry = entry.map_err(|e| io("reading", from, e))?;
+        let target = to.join(entry.file_name());
+        if entry.file_type().map_err(|e| io("reading", &entry.path(), e))?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            copy_file(&entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_file(from: &Path, to: &Path) -> Result<(), WalError> {
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| WalError::Storage(format!("copying {} to {}: {e}", from.display(), to.display())))
+}
