@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::Producer;
+use rdkafka::producer::{Producer, PurgeConfig};
 use tracing::{info, warn};
 
 use super::{enqueue, Delivered, Offsets, OutMessage, Outbox, OutboxError, ProducerOptions};
@@ -120,9 +120,7 @@ impl TransactionalOutbox {
         match failure {
             TxnFailure::Fatal(e) => {
                 self.producer = None;
-                let fenced =
-                    matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced));
-                if fenced && began.elapsed() < Duration::from_millis(self.options.txn.transaction_ms) {
+                if fenced_by_rival(e.rdkafka_error_code(), began.elapsed(), self.options.txn.transaction_ms) {
                     OutboxError::Fenced(e)
                 } else {
                     OutboxError::ProducerLost(e)
@@ -141,6 +139,14 @@ impl TransactionalOutbox {
             }
         }
     }
+}
+
+/// Whether a fatal error means another live producer took our `transactional.id` over: a
+/// fencing error on a transaction younger than the timeout, which the broker cannot have
+/// aborted itself.
+fn fenced_by_rival(code: Option<RDKafkaErrorCode>, age: Duration, transaction_ms: u64) -> bool {
+    matches!(code, Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced))
+        && age < Duration::from_millis(transaction_ms)
 }
 
 /// Why a transaction did not commit.
@@ -197,13 +203,21 @@ fn commit(producer: &TrackingProducer, timeout: Duration) -> Result<(), TxnFailu
 }
 
 /// Aborts the open transaction. Returns false when the producer must be replaced instead.
+///
+/// librdkafka completes an abort only once every outstanding message's delivery report was
+/// served, and rust-rdkafka's `abort_transaction` (unlike its commit) does not serve them: an
+/// abort with messages in flight would time out. So what is outstanding is purged (the abort
+/// would purge it anyway) and the reports are served first.
 fn abort(producer: &TrackingProducer, timeout: Duration) -> bool {
+    producer.purge(PurgeConfig::default().queue().inflight());
+    let _ = producer.flush(Duration::from_millis(500));
     for attempt in 1..=5u64 {
         match producer.abort_transaction(timeout).map_err(classify) {
             Ok(()) => return true,
             Err(TxnFailure::Retriable(e)) => {
                 warn!(error = %e, attempt, "Aborting a transaction failed retriably; trying again.");
-                std::thread::sleep(Duration::from_millis(100 * attempt));
+                // Serve delivery reports while waiting, so the next attempt can complete.
+                producer.poll(Duration::from_millis(100 * attempt));
             }
             Err(e) => {
                 warn!(error = ?e, "Aborting a transaction failed; the producer will be replaced.");
@@ -212,4 +226,20 @@ fn abort(producer: &TrackingProducer, timeout: Duration) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_young_transaction_fenced_means_a_rival() {
+        let fenced = Some(RDKafkaErrorCode::Fenced);
+        assert!(fenced_by_rival(fenced, Duration::from_secs(1), 60_000));
+        assert!(fenced_by_rival(Some(RDKafkaErrorCode::ProducerFenced), Duration::ZERO, 60_000));
+        // Open longer than the timeout: the broker aborted it (a long outage); replace, go on.
+        assert!(!fenced_by_rival(fenced, Duration::from_secs(61), 60_000));
+        assert!(!fenced_by_rival(Some(RDKafkaErrorCode::InvalidTransactionalState), Duration::ZERO, 60_000));
+        assert!(!fenced_by_rival(None, Duration::ZERO, 60_000));
+    }
 }
