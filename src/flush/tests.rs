@@ -14,7 +14,7 @@ use super::flusher::FlushLoop;
 use super::position::PositionStore;
 use super::*;
 use crate::kafka::outbox::fake::{FakeOutbox, Step};
-use crate::kafka::{Guarantee, KafkaSettings, KafkaStageError, Offsets, OutboxError, ProducerOptions, TxnTimeouts};
+use crate::kafka::{KafkaSettings, KafkaStageError, Offsets, OutboxError, ProducerOptions, TxnTimeouts};
 use crate::node::NodeId;
 use crate::retry::{Backoff, Stop};
 use crate::wal::record::{self, Entry};
@@ -52,20 +52,6 @@ struct Harness {
     _durable_tx: watch::Sender<u64>,
     flusher: Flusher,
     runtime: tokio::runtime::Runtime,
-}
-
-fn settings() -> KafkaSettings {
-    KafkaSettings {
-        brokers: "127.0.0.1:1".into(),
-        properties: Vec::new(),
-        raw_topic: "raw".into(),
-        transformed_topic: "rows".into(),
-        dead_letter_topic: "dlq".into(),
-        positions_topic: "positions".into(),
-        guarantee: Guarantee::ExactlyOnce,
-        topic_partitions: 1,
-        topic_replication: 1,
-    }
 }
 
 fn open(dir: &std::path::Path) -> SledLog {
@@ -106,7 +92,7 @@ fn harness(records: u64) -> Harness {
     let flusher = Flusher {
         log: log.clone(),
         durable,
-        kafka: settings(),
+        kafka: KafkaSettings::for_tests("127.0.0.1:1"),
         options: FlushOptions {
             batch_records: 100,
             batch_bytes: 1 << 20,

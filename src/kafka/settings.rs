@@ -114,6 +114,24 @@ impl KafkaSettings {
 }
 
 #[cfg(test)]
+impl KafkaSettings {
+    /// Exactly-once settings for unit tests: topics `raw`, `rows`, `dlq`, `positions`.
+    pub fn for_tests(brokers: &str) -> Self {
+        KafkaSettings {
+            brokers: brokers.into(),
+            properties: Vec::new(),
+            raw_topic: "raw".into(),
+            transformed_topic: "rows".into(),
+            dead_letter_topic: "dlq".into(),
+            positions_topic: "positions".into(),
+            guarantee: Guarantee::ExactlyOnce,
+            topic_partitions: 1,
+            topic_replication: 1,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

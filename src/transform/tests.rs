@@ -12,7 +12,7 @@ use super::source::{next_offsets, Source};
 use super::worker::Worker;
 use super::*;
 use crate::kafka::outbox::fake::{FakeOutbox, Step};
-use crate::kafka::{Guarantee, KafkaSettings, KafkaStageError, Offsets, OutboxError, ProducerOptions, TxnTimeouts};
+use crate::kafka::{KafkaSettings, KafkaStageError, Offsets, OutboxError, ProducerOptions, TxnTimeouts};
 use crate::retry::{Stop, StopHandle};
 
 const BODY: &str = r#"{"events":[{"event_type":"view","event_time":1,"user_id":"u1"},{"event_type":"buy","event_time":2,"user_id":7}],"ctx":{"browser":"B","device":"D","version":"1"}}"#;
@@ -57,27 +57,13 @@ impl Source for FakeSource {
     }
 }
 
-fn settings() -> KafkaSettings {
-    KafkaSettings {
-        brokers: "127.0.0.1:1".into(),
-        properties: Vec::new(),
-        raw_topic: "raw".into(),
-        transformed_topic: "rows".into(),
-        dead_letter_topic: "dlq".into(),
-        positions_topic: "positions".into(),
-        guarantee: Guarantee::ExactlyOnce,
-        topic_partitions: 1,
-        topic_replication: 1,
-    }
-}
-
 /// Runs the worker over `batches` until they are used up; returns the source's records.
 fn run(batches: Vec<Vec<OwnedMessage>>, outbox: &mut FakeOutbox) -> (Result<(), KafkaStageError>, FakeSource) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (handle, stop) = Stop::new();
     let mut source =
         FakeSource { batches: batches.into(), stop: handle, rewound: vec![], rewound_to_committed: 0, commits: vec![] };
-    let kafka = settings();
+    let kafka = KafkaSettings::for_tests("127.0.0.1:1");
     let options = TransformOptions {
         group_id: "g".into(),
         batch_messages: 100,

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Delivered, Offsets, OutMessage, Outbox, OutboxError};
+use super::{Delivered, OutBatch, Outbox, OutboxError};
 
 /// What the fake does on one `deliver`.
 #[derive(Debug)]
@@ -60,15 +60,10 @@ impl Outbox for FakeOutbox {
         Ok(true)
     }
 
-    fn deliver(
-        &mut self,
-        messages: &[OutMessage<'_>],
-        indices: &[usize],
-        offsets: Option<&Offsets>,
-    ) -> Result<Delivered, OutboxError> {
+    fn deliver(&mut self, batch: OutBatch<'_>) -> Result<Delivered, OutboxError> {
         self.connect()?;
-        let offsets = offsets.filter(|_| !self.at_least_once);
-        self.attempts.push(indices.to_vec());
+        let offsets = batch.offsets.filter(|_| !self.at_least_once);
+        self.attempts.push(batch.indices.to_vec());
         match self.script.pop_front().unwrap_or(Step::Commit) {
             Step::Fail(e) => {
                 if matches!(e, OutboxError::ProducerLost(_) | OutboxError::Fenced(_)) {
@@ -78,10 +73,11 @@ impl Outbox for FakeOutbox {
             }
             Step::Commit => {
                 self.committed.push(Committed {
-                    messages: indices
+                    messages: batch
+                        .indices
                         .iter()
                         .map(|&i| {
-                            let m = &messages[i];
+                            let m = &batch.messages[i];
                             (
                                 m.topic.to_string(),
                                 m.key.map(<[u8]>::to_vec),

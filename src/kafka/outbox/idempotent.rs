@@ -6,7 +6,7 @@
 
 use rdkafka::producer::Producer;
 
-use super::{enqueue, Delivered, Offsets, OutMessage, Outbox, OutboxError, ProducerOptions};
+use super::{enqueue, Delivered, OutBatch, Outbox, OutboxError, ProducerOptions};
 use crate::kafka::batch::{Batch, TrackingContext, TrackingProducer};
 use crate::kafka::KafkaSettings;
 
@@ -45,17 +45,13 @@ impl Outbox for IdempotentOutbox {
         Ok(true)
     }
 
-    fn deliver(
-        &mut self,
-        messages: &[OutMessage<'_>],
-        indices: &[usize],
-        _offsets: Option<&Offsets>,
-    ) -> Result<Delivered, OutboxError> {
+    /// The batch's offsets are the caller's to commit once this returns `Ok`.
+    fn deliver(&mut self, batch: OutBatch<'_>) -> Result<Delivered, OutboxError> {
         self.connect()?;
         let producer = self.producer.as_ref().expect("connected above");
-        let mut batch = Batch::new(producer);
-        let refused = enqueue(&mut batch, messages, indices);
-        let mut failed = batch.wait().failed;
+        let mut sending = Batch::new(producer);
+        let refused = enqueue(&mut sending, batch);
+        let mut failed = sending.wait().failed;
         failed.extend(refused);
         if let Some(fatal) = producer.client().fatal_error() {
             // An idempotent producer whose sequence state broke cannot send again.

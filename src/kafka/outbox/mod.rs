@@ -49,6 +49,15 @@ pub struct OutMessage<'a> {
     pub headers: Vec<(&'static str, Cow<'a, [u8]>)>,
 }
 
+/// One call's worth of work: `messages[i]` for each `i` in `indices` (a retry may resend a
+/// subset), and the offsets to commit with them.
+#[derive(Clone, Copy)]
+pub struct OutBatch<'a> {
+    pub messages: &'a [OutMessage<'a>],
+    pub indices: &'a [usize],
+    pub offsets: Option<&'a Offsets>,
+}
+
 /// Consumer-group offsets to commit together with a batch (exactly-once).
 pub struct Offsets {
     pub list: TopicPartitionList,
@@ -114,17 +123,12 @@ pub trait Outbox: Send {
     /// [`OutboxError::Unavailable`] (retry later) or [`OutboxError::Config`].
     fn connect(&mut self) -> Result<bool, OutboxError>;
 
-    /// Produces `messages[i]` for each `i` in `indices` and, exactly-once, commits them in one
-    /// transaction with `offsets`. Connects first if needed.
+    /// Produces the batch's messages and, exactly-once, commits them in one transaction with
+    /// its offsets. Connects first if needed.
     ///
     /// # Errors
     /// See [`OutboxError`]; the outbox is ready for another call after any of them.
-    fn deliver(
-        &mut self,
-        messages: &[OutMessage<'_>],
-        indices: &[usize],
-        offsets: Option<&Offsets>,
-    ) -> Result<Delivered, OutboxError>;
+    fn deliver(&mut self, batch: OutBatch<'_>) -> Result<Delivered, OutboxError>;
 }
 
 /// Producer settings of one stage.
@@ -179,7 +183,7 @@ pub fn deliver(
     let all: Vec<usize> = (0..messages.len()).collect();
     let mut todo = all.clone();
     loop {
-        let error = match outbox.deliver(messages, &todo, offsets) {
+        let error = match outbox.deliver(OutBatch { messages, indices: &todo, offsets }) {
             Ok(delivered) => return Ok(Outcome::Delivered(delivered)),
             Err(e) if e.is_permanent() => return Err(e),
             Err(e) => e,
@@ -204,12 +208,12 @@ pub fn deliver(
     }
 }
 
-/// Enqueues `messages[i]` for each `i` on `batch` (the delivery opaque is `i`); returns those
-/// librdkafka refused outright.
-fn enqueue(batch: &mut Batch<'_>, messages: &[OutMessage<'_>], indices: &[usize]) -> Vec<(usize, KafkaError)> {
+/// Enqueues the batch's messages on `sending` (the delivery opaque is the message's index);
+/// returns those librdkafka refused outright.
+fn enqueue(sending: &mut Batch<'_>, batch: OutBatch<'_>) -> Vec<(usize, KafkaError)> {
     let mut refused = Vec::new();
-    for &i in indices {
-        let m = &messages[i];
+    for &i in batch.indices {
+        let m = &batch.messages[i];
         let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(m.topic, i);
         if let Some(key) = m.key {
             record = record.key(key);
@@ -220,7 +224,7 @@ fn enqueue(batch: &mut Batch<'_>, messages: &[OutMessage<'_>], indices: &[usize]
         if !m.headers.is_empty() {
             record = record.headers(headers(&m.headers));
         }
-        if let Err(e) = batch.send(record) {
+        if let Err(e) = sending.send(record) {
             refused.push((i, e));
         }
     }

@@ -13,7 +13,7 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::ClientConfig;
 
 use super::*;
-use crate::kafka::{Guarantee, KafkaSettings};
+use crate::kafka::KafkaSettings;
 
 const TOPIC: &str = "out";
 
@@ -25,15 +25,9 @@ fn cluster() -> MockCluster<'static, DefaultProducerContext> {
 
 fn settings(mock: &MockCluster<'static, DefaultProducerContext>, properties: &[(&str, &str)]) -> KafkaSettings {
     KafkaSettings {
-        brokers: mock.bootstrap_servers(),
         properties: properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         raw_topic: TOPIC.into(),
-        transformed_topic: "rows".into(),
-        dead_letter_topic: "dlq".into(),
-        positions_topic: "positions".into(),
-        guarantee: Guarantee::ExactlyOnce,
-        topic_partitions: 1,
-        topic_replication: 1,
+        ..KafkaSettings::for_tests(&mock.bootstrap_servers())
     }
 }
 
@@ -75,7 +69,10 @@ fn the_transactional_outbox_commits_a_batch() {
     let mut outbox = TransactionalOutbox::new(settings(&mock, &[]), "txn-commit".into(), &options());
     assert!(outbox.connect().unwrap(), "a new producer is made ready");
     let messages = [message(b"a"), message(b"b")];
-    assert_eq!(outbox.deliver(&messages, &[0, 1], None).unwrap(), Delivered::WithOffsets);
+    assert_eq!(
+        outbox.deliver(OutBatch { messages: &messages, indices: &[0, 1], offsets: None }).unwrap(),
+        Delivered::WithOffsets
+    );
     assert!(!outbox.connect().unwrap(), "the producer is kept");
     assert_eq!(committed_payloads(&mock, 2), vec![b"a".to_vec(), b"b".to_vec()]);
 }
@@ -87,12 +84,15 @@ fn a_message_kafka_cannot_take_is_reported_by_index_and_the_outbox_goes_on() {
         TransactionalOutbox::new(settings(&mock, &[("message.max.bytes", "2000")]), "txn-refused".into(), &options());
     let big = vec![b'x'; 5000];
     let messages = [message(b"small"), message(&big)];
-    match outbox.deliver(&messages, &[0, 1], None) {
+    match outbox.deliver(OutBatch { messages: &messages, indices: &[0, 1], offsets: None }) {
         Err(OutboxError::Refused { index, .. }) => assert_eq!(index, 1),
         other => panic!("expected a refusal of message 1, got {other:?}"),
     }
     // Nothing of the refused batch is visible; the next batch commits on the same producer.
-    assert_eq!(outbox.deliver(&messages, &[0], None).unwrap(), Delivered::WithOffsets);
+    assert_eq!(
+        outbox.deliver(OutBatch { messages: &messages, indices: &[0], offsets: None }).unwrap(),
+        Delivered::WithOffsets
+    );
     assert_eq!(committed_payloads(&mock, 1), vec![b"small".to_vec()]);
 }
 
@@ -103,7 +103,7 @@ fn a_producer_fenced_by_a_live_rival_is_reported_as_fenced() {
     outbox.connect().unwrap();
     // The coordinator says another producer took this transactional.id over.
     mock.request_errors(RDKafkaApiKey::AddPartitionsToTxn, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED]);
-    let result = outbox.deliver(&[message(b"a")], &[0], None);
+    let result = outbox.deliver(OutBatch { messages: &[message(b"a")], indices: &[0], offsets: None });
     assert!(matches!(result, Err(OutboxError::Fenced(_))), "{result:?}");
     assert!(result.unwrap_err().is_permanent());
 }
@@ -112,7 +112,10 @@ fn a_producer_fenced_by_a_live_rival_is_reported_as_fenced() {
 fn the_idempotent_outbox_delivers_and_leaves_offsets_to_the_caller() {
     let mock = cluster();
     let mut outbox = IdempotentOutbox::new(settings(&mock, &[]), &options());
-    assert_eq!(outbox.deliver(&[message(b"a")], &[0], None).unwrap(), Delivered::MessagesOnly);
+    assert_eq!(
+        outbox.deliver(OutBatch { messages: &[message(b"a")], indices: &[0], offsets: None }).unwrap(),
+        Delivered::MessagesOnly
+    );
     assert_eq!(committed_payloads(&mock, 1), vec![b"a".to_vec()]);
 }
 
@@ -121,7 +124,7 @@ fn at_least_once_names_the_messages_kafka_did_not_take() {
     let mock = cluster();
     let mut outbox = IdempotentOutbox::new(settings(&mock, &[("message.max.bytes", "2000")]), &options());
     let big = vec![b'x'; 5000];
-    match outbox.deliver(&[message(b"a"), message(&big)], &[0, 1], None) {
+    match outbox.deliver(OutBatch { messages: &[message(b"a"), message(&big)], indices: &[0, 1], offsets: None }) {
         Err(OutboxError::Undelivered { failed }) => assert_eq!(failed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1]),
         other => panic!("expected message 1 undelivered, got {other:?}"),
     }

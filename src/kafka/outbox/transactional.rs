@@ -16,7 +16,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{Producer, PurgeConfig};
 use tracing::{info, warn};
 
-use super::{enqueue, Delivered, Offsets, OutMessage, Outbox, OutboxError, ProducerOptions};
+use super::{enqueue, Delivered, OutBatch, Outbox, OutboxError, ProducerOptions};
 use crate::kafka::batch::{Batch, TrackingContext, TrackingProducer};
 use crate::kafka::KafkaSettings;
 
@@ -85,19 +85,13 @@ impl TransactionalOutbox {
     }
 
     /// One transaction: the messages, then the offsets, then commit.
-    fn transaction(
-        producer: &TrackingProducer,
-        messages: &[OutMessage<'_>],
-        indices: &[usize],
-        offsets: Option<&Offsets>,
-        timeout: Duration,
-    ) -> Result<(), Failed> {
+    fn transaction(producer: &TrackingProducer, batch: OutBatch<'_>, timeout: Duration) -> Result<(), Failed> {
         producer.begin_transaction().map_err(|e| Failed::Txn(classify(e)))?;
-        let mut batch = Batch::new(producer);
-        if let Some((index, error)) = enqueue(&mut batch, messages, indices).into_iter().next() {
+        let mut sending = Batch::new(producer);
+        if let Some((index, error)) = enqueue(&mut sending, batch).into_iter().next() {
             return Err(Failed::Refused(index, error));
         }
-        if let Some(offsets) = offsets {
+        if let Some(offsets) = batch.offsets {
             let group = offsets.group.as_ref().ok_or_else(|| {
                 Failed::Txn(TxnFailure::Abortable(KafkaError::ClientCreation(
                     "no consumer group metadata for the offsets".into(),
@@ -168,16 +162,11 @@ impl Outbox for TransactionalOutbox {
         Ok(true)
     }
 
-    fn deliver(
-        &mut self,
-        messages: &[OutMessage<'_>],
-        indices: &[usize],
-        offsets: Option<&Offsets>,
-    ) -> Result<Delivered, OutboxError> {
+    fn deliver(&mut self, batch: OutBatch<'_>) -> Result<Delivered, OutboxError> {
         self.connect()?;
-        let producer = self.producer.as_ref().expect("connected above");
         let began = Instant::now();
-        match Self::transaction(producer, messages, indices, offsets, self.options.txn.operation) {
+        let producer = self.producer.as_ref().expect("connected above");
+        match Self::transaction(producer, batch, self.options.txn.operation) {
             Ok(()) => Ok(Delivered::WithOffsets),
             Err(failed) => Err(self.settle(failed, began)),
         }
