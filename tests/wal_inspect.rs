@@ -205,3 +205,17 @@ fn inspecting_a_directory_without_a_wal_fails_and_creates_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no WAL at"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "inspection wrote into a directory without a WAL");
 }
+
+#[test]
+fn a_wal_a_collector_is_running_on_is_refused_not_copied_half_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_wal(dir.path(), options());
+    log.append(&[frame(1)], &[]).unwrap();
+    log.sync().unwrap();
+    // `log` holds sled's lock, as a running collector does.
+    let out = collector_wal(dir.path(), &["stats"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    drop(log);
+}

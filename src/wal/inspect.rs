@@ -10,8 +10,8 @@
 //! deleted when the `Inspection` is dropped.
 //!
 //! The copy lives in the system's temporary directory (`TMPDIR`) and needs as much space as the
-//! WAL. Stop the collector first: the copy is taken file by file without sled's lock, so a WAL
-//! being written while it is copied can look torn (and report records as lost that are not).
+//! WAL. A WAL a collector is running on is refused (sled's lock on `sled/db` is held); the copy
+//! is taken under a shared lock, so no collector can start on the WAL while it is copied.
 
 use std::path::Path;
 
@@ -45,6 +45,19 @@ impl Inspection {
                 sled_dir.display()
             )));
         }
+        // sled holds an exclusive `flock` on `sled/db` while a collector runs on the WAL. A
+        // shared lock, held while copying, refuses a live WAL (whose copy could look torn) and
+        // keeps a collector from starting on it meanwhile; taking it writes nothing.
+        let db = std::fs::File::open(sled_dir.join("db"))
+            .map_err(|e| WalError::Storage(format!("opening {}: {e}", sled_dir.join("db").display())))?;
+        if let Err(e) = db.try_lock_shared() {
+            return Err(WalError::Storage(match e {
+                std::fs::TryLockError::WouldBlock => {
+                    format!("the WAL at {} is in use by another process (stop the collector first)", dir.display())
+                }
+                std::fs::TryLockError::Error(e) => format!("locking {}: {e}", sled_dir.display()),
+            }));
+        }
         let copy = tempfile::Builder::new()
             .prefix("collector-wal-inspect-")
             .tempdir()
@@ -55,6 +68,7 @@ impl Inspection {
             copy_file(&sequence, &copy.path().join(SEQUENCE_FILE))?;
         }
         info!(wal = %dir.display(), copy = %copy.path().display(), "Inspecting a copy of the WAL.");
+        drop(db);
         let log = SledLog::open_with(copy.path(), inspection_options(), RecoveryMode::ReportOnly)?;
         Ok(Inspection { log, _copy: copy })
     }
