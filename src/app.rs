@@ -143,7 +143,7 @@ impl Pipeline {
     /// # Errors
     /// A permanent stage error (e.g. invalid Kafka configuration, or fenced) that ended a stage.
     pub async fn stop(self) -> Result<(), AppError> {
-        let _ = self.shutdown.send(true);
+        self.shutdown.send_replace(true);
         self.wait().await
     }
 
@@ -271,7 +271,9 @@ fn watch_stage(
         };
         if let Err(e) = &result {
             error!(stage = name, error = %e, "A stage stopped with an error; shutting down.");
-            let _ = shutdown.send(true);
+            // `send_replace` stores the value even while nobody subscribes yet (a stage can fail
+            // before the server task subscribed); `send` would drop it.
+            shutdown.send_replace(true);
         }
         result
     })

@@ -217,6 +217,11 @@ pub struct WalCmd {
     /// Directory of the write-ahead log.
     #[arg(long, env = "COLLECTOR_WAL_DIR", default_value = "collector-wal", global = true)]
     pub wal_dir: PathBuf,
+    /// Where the inspection copy of the WAL is made (default: the system's temporary directory,
+    /// `TMPDIR`). It needs as much free space as the WAL: for a large WAL pick a disk, not a
+    /// tmpfs.
+    #[arg(long, env = "COLLECTOR_WAL_COPY_DIR", global = true)]
+    pub copy_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

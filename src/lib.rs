@@ -35,8 +35,9 @@
 //! - [`app`]: wires the stages into the `run`, `serve` and `transform` modes.
 //! - [`telemetry`]: metric names and the Prometheus recorder.
 //!
-//! Dependencies point one way: `app` → stages → `kafka` / `wal` / `schema` → nothing of
-//! the collector's; `config` builds `app`'s configuration. The stages meet Kafka only through
+//! Dependencies point one way: `config` → `app` → stages (`ingest`, `flush`, `transform`) →
+//! `kafka` / `wal` / `schema` → only the leaf helpers (`retry`, `telemetry`, `now_ms`); no
+//! module imports one that imports it back. The stages meet Kafka only through
 //! traits (`kafka::Outbox`, `flush::position::PositionStore`, `transform::source::Source`) and
 //! the disk only through `wal::LogStore`, so their loops are unit-tested with fakes.
 

@@ -1,6 +1,5 @@
 //! `collector wal …`: offline inspection of a WAL directory. It reads a copy of the WAL (see
-//! [`Inspection`]) and never changes the WAL itself; stop the collector first, since a WAL
-//! copied while it is written can look torn.
+//! [`Inspection`]) and never changes the WAL itself; a WAL a collector is running on is refused.
 
 use std::process::ExitCode;
 
@@ -9,7 +8,7 @@ use collector::config::{WalAction, WalCmd};
 use collector::wal::{record, Inspection};
 
 pub fn run(cmd: &WalCmd) -> Result<ExitCode> {
-    let wal = Inspection::open(&cmd.wal_dir).with_context(|| {
+    let wal = Inspection::open(&cmd.wal_dir, cmd.copy_dir.as_deref()).with_context(|| {
         format!("inspecting the WAL at {} (is a collector still running on it?)", cmd.wal_dir.display())
     })?;
     match &cmd.action {

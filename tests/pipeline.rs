@@ -324,3 +324,45 @@ async fn a_replaced_wal_under_a_reused_node_id_still_delivers_its_records() {
     assert_eq!((raw.len(), new), (15, 5), "the new WAL's records were skipped");
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_the_same_node_id_stops_the_first_instead_of_fencing_it_back() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let mut args = topics.args("serve");
+    args.extend(["--node-id".to_string(), unique("node").replace('-', "_")]);
+    let (wal_a, wal_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+
+    let mut a = Collector::start("serve", wal_a.path(), 0, &args);
+    assert_eq!(post(&client(), &a, event_body("a0", "u")).await.status(), 200);
+    assert_eq!(read(&brokers, &topics.raw, 1, 0).await.len(), 1);
+
+    // A second collector under the same node id: its producer fences A's.
+    let b = Collector::start("serve", wal_b.path(), 0, &args);
+    assert_eq!(post(&client(), &b, event_body("b0", "u")).await.status(), 200);
+    assert_eq!(read(&brokers, &topics.raw, 2, 0).await.len(), 2);
+
+    // A's next transaction is fenced: A stops with an error instead of fencing B in turn.
+    assert_eq!(post(&client(), &a, event_body("a1", "u")).await.status(), 200);
+    let exited = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = a.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    })
+    .await
+    .unwrap();
+    let status = exited.expect("the fenced collector kept running");
+    assert!(!status.success(), "a fenced collector exits with an error, not 0");
+
+    // B was not fenced back: it still delivers.
+    assert_eq!(post(&client(), &b, event_body("b1", "u")).await.status(), 200);
+    let raw = read(&brokers, &topics.raw, 3, 2000).await;
+    let values: Vec<&str> = raw.iter().map(|r| r.value.as_str()).collect();
+    assert!(values.iter().any(|v| v.contains("\"b1\"")), "{values:?}");
+    assert!(!values.iter().any(|v| v.contains("\"a1\"")), "A delivered after it was fenced: {values:?}");
+}

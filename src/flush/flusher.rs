@@ -165,9 +165,7 @@ impl FlushLoop<'_> {
     fn resume(&mut self) -> Result<Option<u64>, KafkaStageError> {
         let next = self.flusher.log.stats().delivered_through + 1;
         let Some(committed) = self.connect()? else { return Ok(None) };
-        // A position beyond any number this WAL had handed out belongs to another WAL under the
-        // same node id (a replaced directory).
-        Ok(Some(self.adopt(next, committed, self.flusher.log.opened_next_seq())))
+        Ok(Some(self.adopt(next, committed, Limit::WalOpened(self.flusher.log.opened_next_seq()))))
     }
 
     /// Delivers one batch, `records` = `next..=last`. Returns where to go on, or `None` if
@@ -195,7 +193,7 @@ impl FlushLoop<'_> {
             Outcome::GaveUp => Ok(None),
             // The batch may have committed after all: the new producer settled it, and the
             // committed position says. Only this batch can have been committed behind our back.
-            Outcome::Uncertain => Ok(self.connect()?.map(|committed| self.adopt(next, committed, last + 1))),
+            Outcome::Uncertain => Ok(self.connect()?.map(|committed| self.adopt(next, committed, Limit::Batch(last)))),
         }
     }
 
@@ -204,6 +202,9 @@ impl FlushLoop<'_> {
     /// `None` if the deadline passed first.
     fn connect(&mut self) -> Result<Option<Option<u64>>, KafkaStageError> {
         loop {
+            if self.stop.expired() {
+                return Ok(None);
+            }
             let read = self.outbox.connect().and_then(|_| match self.positions {
                 Some(p) => p.committed().map_err(OutboxError::Unavailable),
                 None => Ok(None),
@@ -223,19 +224,23 @@ impl FlushLoop<'_> {
     }
 
     /// Where to go on from `next` given Kafka's committed position: skip (and acknowledge)
-    /// what Kafka already has, but never trust a position above `limit`, which this WAL cannot
-    /// have produced.
-    fn adopt(&self, next: u64, committed: Option<u64>, limit: u64) -> u64 {
-        match committed {
-            Some(position) if position > limit => {
+    /// what Kafka already has, but never trust a position this WAL cannot have produced.
+    fn adopt(&self, next: u64, committed: Option<u64>, limit: Limit) -> u64 {
+        match (committed, limit) {
+            (Some(position), Limit::WalOpened(opened_next)) if position > opened_next => {
                 error!(
                     kafka = position,
-                    wal_next = self.flusher.log.opened_next_seq(),
+                    wal_next = opened_next,
                     "Kafka's committed position for this node id is ahead of this WAL: the WAL directory was replaced or lost. Ignoring the position; give each WAL its own --node-id."
                 );
                 next
             }
-            Some(position) if position > next => {
+            (Some(position), Limit::Batch(last)) if position > last + 1 => {
+                // Only the batch in flight can have been committed behind our back.
+                debug!(kafka = position, last, "Kafka's committed position is past the batch in flight; ignoring it.");
+                next
+            }
+            (Some(position), _) if position > next => {
                 info!(
                     local = next,
                     kafka = position,
@@ -255,6 +260,17 @@ impl FlushLoop<'_> {
             error!(error = %e, seq, "Recording the delivered position in the WAL failed.");
         }
     }
+}
+
+/// The highest position [`FlushLoop::adopt`] may take from Kafka.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// At start: the next sequence number when the WAL was opened. A position beyond every
+    /// number this WAL had handed out belongs to another WAL under the same node id (a replaced
+    /// directory).
+    WalOpened(u64),
+    /// After a lost producer: the last record of the batch in flight.
+    Batch(u64),
 }
 
 /// One raw-topic message per readable record: the body as received, with its sequence number,

@@ -47,12 +47,6 @@ pub struct BatchOutcome {
     pub failed: Vec<(usize, KafkaError)>,
 }
 
-impl BatchOutcome {
-    pub fn is_complete(&self) -> bool {
-        self.failed.is_empty()
-    }
-}
-
 /// One batch in flight on a producer. Only one batch per producer at a time.
 pub struct Batch<'p> {
     producer: &'p TrackingProducer,

@@ -2,6 +2,7 @@
 //! offsets go with it, and where it rewinds after each kind of Kafka failure.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
@@ -30,6 +31,8 @@ struct FakeSource {
     rewound_to_committed: usize,
     /// Offsets committed by the consumer itself (at-least-once).
     commits: Vec<i64>,
+    /// The outbox's journal: commits are noted in it too, to check their order.
+    journal: Arc<Mutex<Vec<String>>>,
 }
 
 impl Source for FakeSource {
@@ -53,6 +56,7 @@ impl Source for FakeSource {
     }
 
     fn commit(&mut self, batch: &[OwnedMessage]) {
+        self.journal.lock().unwrap().push("source: commit".into());
         self.commits.push(next_offsets(batch).elements()[0].offset().to_raw().unwrap());
     }
 }
@@ -61,8 +65,14 @@ impl Source for FakeSource {
 fn run(batches: Vec<Vec<OwnedMessage>>, outbox: &mut FakeOutbox) -> (Result<(), KafkaStageError>, FakeSource) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (handle, stop) = Stop::new();
-    let mut source =
-        FakeSource { batches: batches.into(), stop: handle, rewound: vec![], rewound_to_committed: 0, commits: vec![] };
+    let mut source = FakeSource {
+        batches: batches.into(),
+        stop: handle,
+        rewound: vec![],
+        rewound_to_committed: 0,
+        commits: vec![],
+        journal: outbox.journal.clone(),
+    };
     let kafka = KafkaSettings::for_tests("127.0.0.1:1");
     let options = TransformOptions {
         group_id: "g".into(),
@@ -175,5 +185,6 @@ fn at_least_once_commits_the_offsets_only_after_every_row_is_confirmed() {
     result.unwrap();
     assert_eq!(outbox.attempts, vec![vec![0, 1], vec![0]], "only the undelivered row is resent");
     assert_eq!(source.commits, vec![5]);
+    assert_eq!(*outbox.journal.lock().unwrap(), ["deliver: failed", "deliver: ok", "source: commit"]);
     assert!(source.rewound.is_empty());
 }

@@ -113,8 +113,13 @@ impl Worker<'_> {
                         warn!(failed = failed.len(), error = %e, "Kafka did not take some rows; retrying them.");
                         !stop.requested() && !backoff.pause(runtime, stop)
                     }
-                    // A transaction is not retried in place: the consumer must keep polling
-                    // (rebalances happen there), so the batch is read again instead.
+                    // Not retried in place: the consumer must keep polling (rebalances happen
+                    // there), so the batch is read again instead.
+                    OutboxError::Unavailable(_) => {
+                        warn!(error = %e, "Cannot initialise the transform's transactions yet; retrying.");
+                        stop.sleep_blocking(runtime, Duration::from_millis(500));
+                        false
+                    }
                     _ => {
                         warn!(error = %e, messages = batch.len(), "A transform transaction failed; the batch will be read again.");
                         stop.sleep_blocking(runtime, Duration::from_millis(200));
@@ -131,8 +136,9 @@ impl Worker<'_> {
                 }
                 // Aborted for sure: the batch's rows are gone, read it again.
                 Outcome::GaveUp => self.source.rewind(&batch),
-                // The transaction may have committed after all. The next producer's
-                // init_transactions settles it; the committed offsets then say where to go on.
+                // The transaction may have committed after all. Reading the committed offsets
+                // (read_committed) waits until it is settled — by the next producer's
+                // init_transactions, or the broker's transaction timeout — and says where to go on.
                 Outcome::Uncertain => self.source.rewind_to_committed(&batch),
             }
         }

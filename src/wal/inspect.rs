@@ -9,8 +9,8 @@
 //! collector starting on the WAL would find, and the WAL itself is only read. The copy is
 //! deleted when the `Inspection` is dropped.
 //!
-//! The copy lives in the system's temporary directory (`TMPDIR`) and needs as much space as the
-//! WAL. A WAL a collector is running on is refused (sled's lock on `sled/db` is held); the copy
+//! The copy lives in the system's temporary directory (`TMPDIR`, often a tmpfs, i.e. memory)
+//! or where `--copy-dir` says, and needs as much space as the WAL. A WAL a collector is running on is refused (sled's lock on `sled/db` is held); the copy
 //! is taken under a shared lock, so no collector can start on the WAL while it is copied.
 
 use std::path::Path;
@@ -30,13 +30,14 @@ pub struct Inspection {
 }
 
 impl Inspection {
-    /// Copies the WAL in `dir` to a temporary directory and opens the copy for reading.
+    /// Copies the WAL in `dir` to a temporary directory (in `copy_in`, or the system's
+    /// temporary directory) and opens the copy for reading.
     /// Creates and changes nothing under `dir`.
     ///
     /// # Errors
     /// [`WalError::Config`] if `dir` holds no WAL (no `sled/` directory); [`WalError::Storage`]
     /// if copying fails or sled cannot open the copy.
-    pub fn open(dir: &Path) -> Result<Self, WalError> {
+    pub fn open(dir: &Path, copy_in: Option<&Path>) -> Result<Self, WalError> {
         let sled_dir = dir.join(SLED_DIR);
         if !sled_dir.is_dir() {
             return Err(WalError::Config(format!(
@@ -58,10 +59,13 @@ impl Inspection {
                 std::fs::TryLockError::Error(e) => format!("locking {}: {e}", sled_dir.display()),
             }));
         }
-        let copy = tempfile::Builder::new()
-            .prefix("collector-wal-inspect-")
-            .tempdir()
-            .map_err(|e| WalError::Storage(format!("creating a temporary directory for the copy: {e}")))?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("collector-wal-inspect-");
+        let copy = match copy_in {
+            Some(parent) => builder.tempdir_in(parent),
+            None => builder.tempdir(),
+        }
+        .map_err(|e| WalError::Storage(format!("creating a temporary directory for the copy: {e}")))?;
         copy_tree(&sled_dir, &copy.path().join(SLED_DIR))?;
         let sequence = dir.join(SEQUENCE_FILE);
         if sequence.exists() {

@@ -71,8 +71,9 @@
 //! [`RecoveryMode::ReportOnly`]: the same steps, reporting what `Repair` would find (including
 //! a loss detected only now) and changing nothing — no set-aside (an error instead), no `lost/`
 //! entry, no segment dropped or started, no sequence number handed out. The copy is deleted
-//! afterwards. The original is only read and not locked, so the collector should be stopped
-//! first: a WAL copied while it is written can look torn.
+//! afterwards. The original is only read, under a shared lock on `sled/db`: a WAL a collector is
+//! running on is refused (its copy could look torn), and no collector can start on it while it
+//! is copied.
 //!
 //! **Reclamation.** After Kafka confirms a batch, the flusher calls `ack_through(seq)`: the
 //! watermark is written and fsynced, then every non-active segment whose records are all

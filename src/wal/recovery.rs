@@ -103,7 +103,7 @@ impl Recovery<'_> {
         };
         match open_waiting_for_lock(open) {
             Ok(db) => Ok(db),
-            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Err(WalError::Storage(format!(
+            Err(e) if is_lock_held(&e) => Err(WalError::Storage(format!(
                 "the WAL at {} is in use by another process (is another collector running on it?)",
                 path.display()
             ))),
@@ -165,13 +165,21 @@ fn open_waiting_for_lock(open: impl Fn() -> sled::Result<sled::Db>) -> sled::Res
     let mut attempts = 0;
     loop {
         match open() {
-            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 100 => {
+            Err(e) if is_lock_held(&e) && attempts < 100 => {
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other,
         }
     }
+}
+
+/// Whether sled failed because another handle holds its file lock. sled 0.34 reports that as
+/// an `io::Error` of kind `Other` whose message says so (not as `WouldBlock`), so the message
+/// is the only sign.
+fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
 }
 
 /// Step 3: the delivered watermark: every record up to it was confirmed by Kafka (0 if none).

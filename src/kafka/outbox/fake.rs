@@ -2,6 +2,7 @@
 //! the script (commit, or fail with a given error) and records what it was asked to send.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use super::{Delivered, OutBatch, Outbox, OutboxError};
 
@@ -33,6 +34,12 @@ pub struct FakeOutbox {
     pub committed: Vec<Committed>,
     /// How many producers were made ready (the first included).
     pub producers: usize,
+    /// How often the caller itself asked for a producer (`connect`), not counting `deliver`'s
+    /// own connecting.
+    pub connects: usize,
+    /// `deliver: ok` / `deliver: failed` in order; shared with other fakes (a source) so a test
+    /// can check the order of everything that happened.
+    pub journal: Arc<Mutex<Vec<String>>>,
     connected: bool,
     /// Behaves like the at-least-once outbox: offsets are left to the caller.
     at_least_once: bool,
@@ -50,18 +57,29 @@ impl FakeOutbox {
     }
 }
 
-impl Outbox for FakeOutbox {
-    fn connect(&mut self) -> Result<bool, OutboxError> {
+impl FakeOutbox {
+    fn ensure_producer(&mut self) -> bool {
         if self.connected {
-            return Ok(false);
+            return false;
         }
         self.connected = true;
         self.producers += 1;
-        Ok(true)
+        true
+    }
+
+    fn note(&self, what: &str) {
+        self.journal.lock().unwrap().push(what.to_string());
+    }
+}
+
+impl Outbox for FakeOutbox {
+    fn connect(&mut self) -> Result<bool, OutboxError> {
+        self.connects += 1;
+        Ok(self.ensure_producer())
     }
 
     fn deliver(&mut self, batch: OutBatch<'_>) -> Result<Delivered, OutboxError> {
-        self.connect()?;
+        self.ensure_producer();
         let offsets = batch.offsets.filter(|_| !self.at_least_once);
         self.attempts.push(batch.indices.to_vec());
         match self.script.pop_front().unwrap_or(Step::Commit) {
@@ -69,9 +87,11 @@ impl Outbox for FakeOutbox {
                 if matches!(e, OutboxError::ProducerLost(_) | OutboxError::Fenced(_)) {
                     self.connected = false;
                 }
+                self.note("deliver: failed");
                 Err(e)
             }
             Step::Commit => {
+                self.note("deliver: ok");
                 self.committed.push(Committed {
                     messages: batch
                         .indices

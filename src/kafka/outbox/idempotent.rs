@@ -2,9 +2,11 @@
 //!
 //! Each call waits for every delivery report and names the messages Kafka did not take, so the
 //! caller resends exactly those; an idempotent producer whose state broke (a fatal error) is
-//! replaced, and the caller resends the batch (at-least-once allows the repeat).
+//! replaced before the next call. Nothing is ever uncertain here: a message is confirmed or
+//! resent (at-least-once allows the repeat).
 
 use rdkafka::producer::Producer;
+use tracing::warn;
 
 use super::{enqueue, Delivered, OutBatch, Outbox, OutboxError, ProducerOptions};
 use crate::kafka::batch::{Batch, TrackingContext, TrackingProducer};
@@ -53,10 +55,11 @@ impl Outbox for IdempotentOutbox {
         let refused = enqueue(&mut sending, batch);
         let mut failed = sending.wait().failed;
         failed.extend(refused);
-        if let Some(fatal) = producer.client().fatal_error() {
-            // An idempotent producer whose sequence state broke cannot send again.
+        if producer.client().fatal_error().is_some() {
+            // An idempotent producer whose sequence state broke cannot send again; the next call
+            // makes a new one. What it did deliver stays delivered, the rest is resent.
+            warn!("The producer hit a fatal error; the next batch gets a new one.");
             self.producer = None;
-            return Err(OutboxError::ProducerLost(rdkafka::error::KafkaError::MessageProduction(fatal.0)));
         }
         if failed.is_empty() {
             Ok(Delivered::MessagesOnly)

@@ -89,8 +89,8 @@ pub enum OutboxError {
     /// The transaction was aborted: nothing of the batch is visible.
     #[error("the transaction was aborted: {0}")]
     Aborted(KafkaError),
-    /// The producer failed fatally and was dropped: whether the batch committed is known only
-    /// after the next [`Outbox::connect`] (re-read the committed position).
+    /// Exactly-once: the producer failed fatally and was dropped; whether the batch committed
+    /// is known only after the next [`Outbox::connect`] (re-read the committed position).
     #[error("the producer failed and will be replaced: {0}")]
     ProducerLost(KafkaError),
     /// No producer could be made ready (Kafka unreachable, say).
@@ -124,7 +124,9 @@ pub trait Outbox: Send {
     fn connect(&mut self) -> Result<bool, OutboxError>;
 
     /// Produces the batch's messages and, exactly-once, commits them in one transaction with
-    /// its offsets. Connects first if needed.
+    /// its offsets. Connects first if needed; that a new producer was made then needs no
+    /// telling, because a producer is only ever replaced after [`OutboxError::ProducerLost`],
+    /// on which callers re-read their committed position anyway.
     ///
     /// # Errors
     /// See [`OutboxError`]; the outbox is ready for another call after any of them.

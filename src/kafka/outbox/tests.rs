@@ -54,10 +54,16 @@ fn committed_payloads(mock: &MockCluster<'static, DefaultProducerContext>, expec
         .unwrap();
     consumer.subscribe(&[TOPIC]).unwrap();
     let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while out.len() < expect && std::time::Instant::now() < deadline {
+    // Until `expect` arrived, then a while longer: a message that should not be there shows.
+    let mut deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut settled = false;
+    while std::time::Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
             out.push(m.payload().unwrap_or_default().to_vec());
+        }
+        if out.len() >= expect && !settled {
+            settled = true;
+            deadline = std::time::Instant::now() + Duration::from_millis(1000);
         }
     }
     out
@@ -106,6 +112,45 @@ fn a_producer_fenced_by_a_live_rival_is_reported_as_fenced() {
     let result = outbox.deliver(OutBatch { messages: &[message(b"a")], indices: &[0], offsets: None });
     assert!(matches!(result, Err(OutboxError::Fenced(_))), "{result:?}");
     assert!(result.unwrap_err().is_permanent());
+}
+
+#[test]
+fn an_abortable_error_aborts_and_the_same_producer_commits_the_retry() {
+    let mock = cluster();
+    let mut outbox = TransactionalOutbox::new(settings(&mock, &[]), "txn-abortable".into(), &options());
+    outbox.connect().unwrap();
+    mock.request_errors(
+        RDKafkaApiKey::AddPartitionsToTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+    );
+    let messages = [message(b"a")];
+    let result = outbox.deliver(OutBatch { messages: &messages, indices: &[0], offsets: None });
+    assert!(matches!(result, Err(OutboxError::Aborted(_))), "{result:?}");
+    assert!(!outbox.connect().unwrap(), "an aborted transaction keeps its producer");
+    assert_eq!(
+        outbox.deliver(OutBatch { messages: &messages, indices: &[0], offsets: None }).unwrap(),
+        Delivered::WithOffsets
+    );
+    assert_eq!(committed_payloads(&mock, 1), vec![b"a".to_vec()]);
+}
+
+#[test]
+fn a_fatal_error_that_is_not_fencing_replaces_the_producer() {
+    let mock = cluster();
+    let mut outbox = TransactionalOutbox::new(settings(&mock, &[]), "txn-fatal".into(), &options());
+    outbox.connect().unwrap();
+    mock.request_errors(
+        RDKafkaApiKey::AddPartitionsToTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED],
+    );
+    let messages = [message(b"a")];
+    let result = outbox.deliver(OutBatch { messages: &messages, indices: &[0], offsets: None });
+    assert!(matches!(result, Err(OutboxError::ProducerLost(_))), "{result:?}");
+    assert!(outbox.connect().unwrap(), "a new producer is made ready");
+    assert_eq!(
+        outbox.deliver(OutBatch { messages: &messages, indices: &[0], offsets: None }).unwrap(),
+        Delivered::WithOffsets
+    );
 }
 
 #[test]

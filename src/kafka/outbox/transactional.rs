@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use super::{enqueue, Delivered, OutBatch, Outbox, OutboxError, ProducerOptions};
 use crate::kafka::batch::{Batch, TrackingContext, TrackingProducer};
 use crate::kafka::KafkaSettings;
+use crate::retry::Backoff;
 
 /// Transaction timing.
 #[derive(Debug, Clone, Copy)]
@@ -177,13 +178,14 @@ impl Outbox for TransactionalOutbox {
 /// (a retriable commit may or may not have happened; only a repeated commit tells).
 fn commit(producer: &TrackingProducer, timeout: Duration) -> Result<(), TxnFailure> {
     let mut attempts = 0;
+    let mut backoff = Backoff::new(Duration::from_secs(2));
     loop {
         match producer.commit_transaction(timeout).map_err(classify) {
             Ok(()) => return Ok(()),
             Err(TxnFailure::Retriable(e)) if attempts < 20 => {
                 attempts += 1;
                 warn!(error = %e, attempts, "Committing a transaction failed retriably; trying again.");
-                std::thread::sleep(Duration::from_millis(100 * attempts));
+                std::thread::sleep(backoff.next_delay());
             }
             Err(TxnFailure::Retriable(e)) => return Err(TxnFailure::Abortable(e)),
             Err(other) => return Err(other),
@@ -200,13 +202,14 @@ fn commit(producer: &TrackingProducer, timeout: Duration) -> Result<(), TxnFailu
 fn abort(producer: &TrackingProducer, timeout: Duration) -> bool {
     producer.purge(PurgeConfig::default().queue().inflight());
     let _ = producer.flush(Duration::from_millis(500));
-    for attempt in 1..=5u64 {
+    let mut backoff = Backoff::new(Duration::from_secs(2));
+    for attempt in 1..=5 {
         match producer.abort_transaction(timeout).map_err(classify) {
             Ok(()) => return true,
             Err(TxnFailure::Retriable(e)) => {
                 warn!(error = %e, attempt, "Aborting a transaction failed retriably; trying again.");
                 // Serve delivery reports while waiting, so the next attempt can complete.
-                producer.poll(Duration::from_millis(100 * attempt));
+                producer.poll(backoff.next_delay());
             }
             Err(e) => {
                 warn!(error = ?e, "Aborting a transaction failed; the producer will be replaced.");
