@@ -178,37 +178,38 @@ fn an_aborted_transaction_is_retried_with_the_same_batch() {
     assert_eq!(h.delivered_through(), 3);
 }
 
-#[test]
-fn a_lost_producer_is_replaced_and_a_batch_that_committed_after_all_is_not_sent_again() {
+/// Three records; the first delivery loses its producer; Kafka's committed position then reads
+/// `after_loss`. Returns the outbox and the WAL's watermark afterwards.
+fn lose_the_producer(after_loss: Option<u64>) -> (FakeOutbox, u64) {
     let h = harness(3);
     let mut outbox = FakeOutbox::new(vec![Step::Fail(OutboxError::ProducerLost(kafka_error()))]);
-    // Nothing committed at start; after the new producer settled things, the batch had been.
-    h.drain(&mut outbox, Some(&FakePositions::new(&[None, Some(4)])), LONG).unwrap();
+    h.drain(&mut outbox, Some(&FakePositions::new(&[None, after_loss])), LONG).unwrap();
     assert_eq!(outbox.connects, 2, "a new producer was asked for after the loss, before going on");
+    (outbox, h.delivered_through())
+}
+
+#[test]
+fn a_lost_producer_is_replaced_and_a_batch_that_committed_after_all_is_not_sent_again() {
+    let (outbox, delivered) = lose_the_producer(Some(4));
     assert!(outbox.committed.is_empty(), "the batch Kafka has was not sent again");
-    assert_eq!(h.delivered_through(), 3);
+    assert_eq!(delivered, 3);
 }
 
 #[test]
 fn a_lost_producer_is_replaced_and_a_batch_that_did_not_commit_is_sent_again() {
-    let h = harness(3);
-    let mut outbox = FakeOutbox::new(vec![Step::Fail(OutboxError::ProducerLost(kafka_error()))]);
-    h.drain(&mut outbox, Some(&FakePositions::new(&[None])), LONG).unwrap();
-    assert_eq!(outbox.connects, 2);
+    let (outbox, delivered) = lose_the_producer(None);
     assert_eq!(outbox.committed.len(), 1);
     assert_eq!(outbox.committed[0].messages.len(), 3);
-    assert_eq!(h.delivered_through(), 3);
+    assert_eq!(delivered, 3);
 }
 
 #[test]
 fn after_a_lost_producer_a_position_past_the_batch_in_flight_is_not_trusted() {
-    let h = harness(3);
-    let mut outbox = FakeOutbox::new(vec![Step::Fail(OutboxError::ProducerLost(kafka_error()))]);
     // Only the batch in flight (1..=3, position 4) can have been committed behind our back.
-    h.drain(&mut outbox, Some(&FakePositions::new(&[None, Some(9)])), LONG).unwrap();
+    let (outbox, delivered) = lose_the_producer(Some(9));
     assert_eq!(outbox.committed.len(), 1, "the batch is sent again");
     assert_eq!(outbox.committed[0].messages.len(), 3);
-    assert_eq!(h.delivered_through(), 3);
+    assert_eq!(delivered, 3);
 }
 
 #[test]

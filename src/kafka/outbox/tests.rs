@@ -43,6 +43,10 @@ fn message(payload: &[u8]) -> OutMessage<'_> {
     OutMessage { topic: TOPIC, key: Some(b"k"), payload: Some(payload), headers: vec![("h", Cow::Borrowed(b"v"))] }
 }
 
+fn batch<'a>(messages: &'a [OutMessage<'a>], indices: &'a [usize]) -> OutBatch<'a> {
+    OutBatch { messages, indices, offsets: None }
+}
+
 /// Every committed message of the topic, as a `read_committed` consumer sees it.
 fn committed_payloads(mock: &MockCluster<'static, DefaultProducerContext>, expect: usize) -> Vec<Vec<u8>> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -75,10 +79,7 @@ fn the_transactional_outbox_commits_a_batch() {
     let mut outbox = TransactionalOutbox::new(settings(&mock, &[]), "txn-commit".into(), &options());
     assert!(outbox.connect().unwrap(), "a new producer is made ready");
     let messages = [message(b"a"), message(b"b")];
-    assert_eq!(
-        outbox.deliver(OutBatch { messages: &messages, indices: &[0, 1], offsets: None }).unwrap(),
-        Delivered::WithOffsets
-    );
+    assert_eq!(outbox.deliver(batch(&messages, &[0, 1])).unwrap(), Delivered::WithOffsets);
     assert!(!outbox.connect().unwrap(), "the producer is kept");
     assert_eq!(committed_payloads(&mock, 2), vec![b"a".to_vec(), b"b".to_vec()]);
 }
@@ -89,78 +90,61 @@ fn a_message_kafka_cannot_take_is_reported_by_index_and_the_outbox_goes_on() {
     let mut outbox =
         TransactionalOutbox::new(settings(&mock, &[("message.max.bytes", "2000")]), "txn-refused".into(), &options());
     let big = vec![b'x'; 5000];
-    let messages = [message(b"small"), message(&big)];
-    match outbox.deliver(OutBatch { messages: &messages, indices: &[0, 1], offsets: None }) {
+    let messages = [message(b"with-the-refused"), message(&big), message(b"next")];
+    match outbox.deliver(batch(&messages, &[0, 1])) {
         Err(OutboxError::Refused { index, .. }) => assert_eq!(index, 1),
         other => panic!("expected a refusal of message 1, got {other:?}"),
     }
     // Nothing of the refused batch is visible; the next batch commits on the same producer.
-    assert_eq!(
-        outbox.deliver(OutBatch { messages: &messages, indices: &[0], offsets: None }).unwrap(),
-        Delivered::WithOffsets
-    );
-    assert_eq!(committed_payloads(&mock, 1), vec![b"small".to_vec()]);
+    assert_eq!(outbox.deliver(batch(&messages, &[2])).unwrap(), Delivered::WithOffsets);
+    assert_eq!(committed_payloads(&mock, 1), vec![b"next".to_vec()]);
+}
+
+/// A connected transactional outbox whose next `AddPartitionsToTxn` the coordinator answers
+/// with `error`, and what delivering one message through it gave.
+fn deliver_against(
+    error: RDKafkaRespErr,
+) -> (MockCluster<'static, DefaultProducerContext>, TransactionalOutbox, Result<Delivered, OutboxError>) {
+    let mock = cluster();
+    let mut outbox = TransactionalOutbox::new(settings(&mock, &[]), format!("txn-{error:?}"), &options());
+    outbox.connect().unwrap();
+    mock.request_errors(RDKafkaApiKey::AddPartitionsToTxn, &[error]);
+    let result = outbox.deliver(batch(&[message(b"a")], &[0]));
+    (mock, outbox, result)
 }
 
 #[test]
 fn a_producer_fenced_by_a_live_rival_is_reported_as_fenced() {
-    let mock = cluster();
-    let mut outbox = TransactionalOutbox::new(settings(&mock, &[]), "txn-fenced".into(), &options());
-    outbox.connect().unwrap();
     // The coordinator says another producer took this transactional.id over.
-    mock.request_errors(RDKafkaApiKey::AddPartitionsToTxn, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED]);
-    let result = outbox.deliver(OutBatch { messages: &[message(b"a")], indices: &[0], offsets: None });
+    let (_mock, _, result) = deliver_against(RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED);
     assert!(matches!(result, Err(OutboxError::Fenced(_))), "{result:?}");
     assert!(result.unwrap_err().is_permanent());
 }
 
 #[test]
 fn an_abortable_error_aborts_and_the_same_producer_commits_the_retry() {
-    let mock = cluster();
-    let mut outbox = TransactionalOutbox::new(settings(&mock, &[]), "txn-abortable".into(), &options());
-    outbox.connect().unwrap();
-    mock.request_errors(
-        RDKafkaApiKey::AddPartitionsToTxn,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
-    );
-    let messages = [message(b"a")];
-    let result = outbox.deliver(OutBatch { messages: &messages, indices: &[0], offsets: None });
+    let (mock, mut outbox, result) = deliver_against(RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED);
     assert!(matches!(result, Err(OutboxError::Aborted(_))), "{result:?}");
     assert!(!outbox.connect().unwrap(), "an aborted transaction keeps its producer");
-    assert_eq!(
-        outbox.deliver(OutBatch { messages: &messages, indices: &[0], offsets: None }).unwrap(),
-        Delivered::WithOffsets
-    );
-    assert_eq!(committed_payloads(&mock, 1), vec![b"a".to_vec()]);
+    assert_eq!(outbox.deliver(batch(&[message(b"b")], &[0])).unwrap(), Delivered::WithOffsets);
+    assert_eq!(committed_payloads(&mock, 1), vec![b"b".to_vec()], "the aborted message is not visible");
 }
 
 #[test]
 fn a_fatal_error_that_is_not_fencing_replaces_the_producer() {
-    let mock = cluster();
-    let mut outbox = TransactionalOutbox::new(settings(&mock, &[]), "txn-fatal".into(), &options());
-    outbox.connect().unwrap();
-    mock.request_errors(
-        RDKafkaApiKey::AddPartitionsToTxn,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED],
-    );
-    let messages = [message(b"a")];
-    let result = outbox.deliver(OutBatch { messages: &messages, indices: &[0], offsets: None });
+    let (mock, mut outbox, result) =
+        deliver_against(RDKafkaRespErr::RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
     assert!(matches!(result, Err(OutboxError::ProducerLost(_))), "{result:?}");
     assert!(outbox.connect().unwrap(), "a new producer is made ready");
-    assert_eq!(
-        outbox.deliver(OutBatch { messages: &messages, indices: &[0], offsets: None }).unwrap(),
-        Delivered::WithOffsets
-    );
+    assert_eq!(outbox.deliver(batch(&[message(b"b")], &[0])).unwrap(), Delivered::WithOffsets);
+    assert_eq!(committed_payloads(&mock, 1), vec![b"b".to_vec()]);
 }
 
 #[test]
 fn the_idempotent_outbox_delivers_and_leaves_offsets_to_the_caller() {
     let mock = cluster();
     let mut outbox = IdempotentOutbox::new(settings(&mock, &[]), &options());
-    assert_eq!(
-        outbox.deliver(OutBatch { messages: &[message(b"a")], indices: &[0], offsets: None }).unwrap(),
-        Delivered::MessagesOnly
-    );
+    assert_eq!(outbox.deliver(batch(&[message(b"a")], &[0])).unwrap(), Delivered::MessagesOnly);
     assert_eq!(committed_payloads(&mock, 1), vec![b"a".to_vec()]);
 }
 
@@ -169,7 +153,7 @@ fn at_least_once_names_the_messages_kafka_did_not_take() {
     let mock = cluster();
     let mut outbox = IdempotentOutbox::new(settings(&mock, &[("message.max.bytes", "2000")]), &options());
     let big = vec![b'x'; 5000];
-    match outbox.deliver(OutBatch { messages: &[message(b"a"), message(&big)], indices: &[0, 1], offsets: None }) {
+    match outbox.deliver(batch(&[message(b"a"), message(&big)], &[0, 1])) {
         Err(OutboxError::Undelivered { failed }) => assert_eq!(failed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1]),
         other => panic!("expected message 1 undelivered, got {other:?}"),
     }
