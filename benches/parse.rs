@@ -5,8 +5,12 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use collector::ingest::validate::events_within;
+use collector::ingest::validate::{validate, EventLimits};
 use collector::transform::Transformer;
+
+/// The defaults of `collector run`.
+const LIMITS: EventLimits =
+    EventLimits { max_events: 1000, max_field_bytes: 4096, max_ctx_bytes: 16 * 1024, max_row_bytes: 4 << 20 };
 
 fn body(events: usize) -> Vec<u8> {
     let event = r#"{"event_type":"product_view","event_time":1750867000000,"user_id":"user_test","product_id":"prod_demo","page":"/p/123?ref=home","extra":{"a":1,"b":[1,2,3]}}"#;
@@ -45,7 +49,7 @@ fn parse_validate(c: &mut Criterion) {
             b.iter(|| {
                 scratch.clear();
                 scratch.extend_from_slice(input);
-                black_box(events_within(&mut scratch, 1000).unwrap());
+                black_box(validate(input, &mut scratch, &LIMITS).unwrap());
             })
         });
     }

@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::app::{PipelineConfig, WalConfig};
 use crate::flush::FlushOptions;
-use crate::ingest::{BodyLimits, ServerOptions};
+use crate::ingest::{BodyLimits, EventLimits, ServerOptions};
 use crate::kafka::{Guarantee, KafkaSettings, KafkaStageError, ProducerOptions, TxnTimeouts};
 use crate::node::NodeId;
 use crate::transform::TransformOptions;
@@ -89,6 +89,17 @@ pub struct IngestArgs {
     /// Most events in one request.
     #[arg(long, env = "COLLECTOR_MAX_EVENTS", default_value_t = 1000)]
     pub max_events: usize,
+    /// Most bytes in each string field that rows carry (event_type, user_id, product_id,
+    /// ctx.browser, ctx.device, ctx.version).
+    #[arg(long, env = "COLLECTOR_MAX_FIELD_BYTES", default_value_t = 4096)]
+    pub max_field_bytes: usize,
+    /// Most bytes of a request's `ctx` as JSON, unknown fields included.
+    #[arg(long, env = "COLLECTOR_MAX_CTX_BYTES", default_value_t = 16_384)]
+    pub max_ctx_bytes: usize,
+    /// Most bytes of rows one request may turn into on the transformed topic (ctx is copied
+    /// into every row: this bounds the amplification).
+    #[arg(long, env = "COLLECTOR_MAX_ROW_BYTES_PER_REQUEST", default_value_t = 4 << 20)]
+    pub max_row_bytes_per_request: usize,
     /// A client must send its whole body within this time.
     #[arg(long, env = "COLLECTOR_BODY_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_timeout_ms: u64,
@@ -326,6 +337,21 @@ impl ServeArgs {
                 kafka.max_message_bytes()
             )));
         }
+        let limits = EventLimits {
+            max_events: positive("--max-events", i.max_events as u64)? as usize,
+            max_field_bytes: positive("--max-field-bytes", i.max_field_bytes as u64)? as usize,
+            max_ctx_bytes: positive("--max-ctx-bytes", i.max_ctx_bytes as u64)? as usize,
+            max_row_bytes: positive("--max-row-bytes-per-request", i.max_row_bytes_per_request as u64)? as usize,
+        };
+        if limits.max_single_row_bytes() + crate::kafka::MESSAGE_OVERHEAD_BYTES > kafka.max_message_bytes() {
+            // A row Kafka refuses would have to be dead-lettered; fields this long are no tracker's.
+            return Err(ConfigError::Invalid(format!(
+                "--max-field-bytes {} allows rows of up to {} bytes, more than a Kafka message holds (message.max.bytes {} less 16 KiB)",
+                limits.max_field_bytes,
+                limits.max_single_row_bytes(),
+                kafka.max_message_bytes()
+            )));
+        }
         if i.max_decompressed_bytes < i.max_body_bytes {
             return Err(ConfigError::Invalid("--max-decompressed-bytes must be at least --max-body-bytes".into()));
         }
@@ -338,7 +364,7 @@ impl ServeArgs {
                     max_decompressed_bytes: i.max_decompressed_bytes,
                     body_timeout: Duration::from_millis(positive("--body-timeout-ms", i.body_timeout_ms)?),
                 },
-                max_events: positive("--max-events", i.max_events as u64)? as usize,
+                limits,
                 header_timeout: Duration::from_millis(positive("--header-timeout-ms", i.header_timeout_ms)?),
                 shutdown_grace: Duration::from_millis(i.shutdown_grace_ms),
                 max_wal_bytes: self.wal.wal_max_mib * MIB,
@@ -399,7 +425,7 @@ mod tests {
             ("collect-topic1", "collect-topic2")
         );
         assert_eq!(cfg.kafka.topic_partitions, 4);
-        assert_eq!(cfg.server.max_events, 1000);
+        assert_eq!(cfg.server.limits.max_events, 1000);
         assert!(cfg.transform.is_some());
         assert!(parse(&["serve"]).unwrap().transform.is_none());
     }
@@ -413,6 +439,8 @@ mod tests {
         assert!(parse(&["run", "-X", "no.such.librdkafka.property=1"]).is_err());
         assert!(parse(&["run", "--listen", "not-an-address"]).is_err());
         assert!(parse(&["run", "--max-body-bytes", "100", "--max-decompressed-bytes", "10"]).is_err());
+        assert!(parse(&["run", "--max-field-bytes", "0"]).is_err());
+        assert!(parse(&["run", "--max-field-bytes", "100000"]).is_err(), "rows that long do not fit Kafka");
     }
 
     #[test]

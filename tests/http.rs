@@ -201,3 +201,40 @@ async fn an_idempotency_key_is_stored_once_and_answered_again() {
         client().get(c.url("/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap();
     assert_eq!(status["wal"]["next_seq"], 2, "the retried request was stored once");
 }
+
+/// The seed sample with `user_id` replaced by `user_id` (a JSON value) and extra `ctx` fields.
+fn sample_with(user_id: &str, ctx_extra: &str) -> Vec<u8> {
+    SEED_SAMPLE
+        .replace(r#""user_test""#, user_id)
+        .replace(r#""version":"126.0""#, &format!(r#""version":"126.0"{ctx_extra}"#))
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn requests_that_would_stall_or_flood_downstream_are_refused_at_the_door() {
+    let (c, _wal) = start(&[]);
+    let huge_user = format!("{:?}", "u".repeat(600_000));
+    let big_browser = "b".repeat(800_000);
+    let thousand_events = format!(
+        r#"{{"events":[{}],"ctx":{{"browser":{big_browser:?},"device":"d","version":"v"}}}}"#,
+        vec![r#"{"event_type":"a","event_time":1,"user_id":"u"}"#; 1000].join(",")
+    );
+    let cases: Vec<(Vec<u8>, u16, &str, &str)> = vec![
+        // The issue's first scenario: one 600,000-character user_id, whose row no Kafka takes.
+        (sample_with(&huge_user, ""), 422, "field_too_long", "/events/0/user_id"),
+        // An 800 KB browser copied into 1,000 rows would be 800 MB of rows.
+        (thousand_events.into_bytes(), 422, "ctx_too_large", "/ctx"),
+        (sample_with(r#""a","user_id":"b""#, ""), 422, "duplicate_key", "/events/0/user_id"),
+        (sample_with("\"a\u{1}b\"", ""), 400, "control_character", "/events/0/user_id"),
+        (sample_with(r#""u""#, &format!(r#","pad":{:?}"#, "p".repeat(20_000))), 422, "ctx_too_large", "/ctx"),
+    ];
+    for (body, status, code, path) in cases {
+        let (got, json) = post(&c, &[JSON], body).await;
+        assert_eq!(
+            (got, json["error"]["code"].as_str(), json["error"]["path"].as_str()),
+            (status, Some(code), Some(path))
+        );
+    }
+    let (status, json) = post(&c, &[JSON], SEED_SAMPLE).await;
+    assert_eq!((status, json["seq"].as_u64()), (200, Some(1)), "nothing refused was stored; the next request is fine");
+}

@@ -76,7 +76,7 @@ async fn collect(
     let raw = body::read(&headers, body, state.options.body).await?;
     // simd-json rewrites its input: validate a scratch copy, store the original bytes.
     let mut scratch = raw.to_vec();
-    let events = validate::events_within(&mut scratch, state.options.max_events).map_err(IngestError::Invalid)?;
+    let events = validate::validate(&raw, &mut scratch, &state.options.limits).map_err(IngestError::Invalid)?;
     let key = idempotency_key(&headers, &raw)?;
     let client = peer.to_string();
     let frame = record::encode(&Entry { received_at_ms: crate::now_ms(), client: &client, payload: &raw });

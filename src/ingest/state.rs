@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::body::BodyLimits;
+use super::validate::EventLimits;
 use super::IngestError;
 use crate::flush::FlushStatus;
 use crate::wal::{LogStore, WalWriter};
@@ -16,8 +17,8 @@ use crate::wal::{LogStore, WalWriter};
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub body: BodyLimits,
-    /// Most events in one request.
-    pub max_events: usize,
+    /// Events per request, field, ctx and row sizes.
+    pub limits: EventLimits,
     /// A connection that has not sent complete request headers within this time is closed
     /// (slowloris protection).
     pub header_timeout: Duration,

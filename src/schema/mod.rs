@@ -19,6 +19,8 @@
 //! the original bytes. Strings in the result borrow from that copy (no allocation unless the
 //! JSON string contained escapes).
 
+pub mod strict;
+
 use std::borrow::Cow;
 use std::fmt;
 
@@ -169,6 +171,11 @@ impl<'a> Envelope<'a> {
         self.events.len()
     }
 
+    /// About how many bytes `ctx` takes as JSON (unknown fields included; 0 when absent).
+    pub fn ctx_bytes(&self) -> usize {
+        self.root.get("ctx").map_or(0, json_bytes)
+    }
+
     /// Always false: [`Envelope::parse`] refuses an empty `events`.
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
@@ -300,6 +307,17 @@ fn parse_event_time(v: &Value<'_>) -> Option<i64> {
         Value::Static(StaticNode::U64(n)) => i64::try_from(*n).ok(),
         Value::String(s) if !s.is_empty() && s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
         _ => None,
+    }
+}
+
+/// About how many bytes `v` takes as compact JSON: exact for strings without escapes,
+/// structure and keys; numbers count as 8.
+fn json_bytes(v: &Value<'_>) -> usize {
+    match v {
+        Value::String(s) => s.len() + 2,
+        Value::Static(_) => 8,
+        Value::Array(items) => 2 + items.iter().map(|i| json_bytes(i) + 1).sum::<usize>(),
+        Value::Object(fields) => 2 + fields.iter().map(|(k, v)| k.len() + 4 + json_bytes(v)).sum::<usize>(),
     }
 }
 

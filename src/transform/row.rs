@@ -12,7 +12,7 @@ use std::io::Write;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::ser::{Serialize, Serializer};
 
-use crate::schema::{self, Invalid, UserId};
+use crate::schema::{self, Ctx, Event, Invalid, UserId};
 
 /// One output row: key and JSON value, both slices of the batch buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +39,22 @@ impl Serialize for UserIdJson<'_> {
             UserId::Int(i) => s.serialize_i128(*i),
         }
     }
+}
+
+/// Bytes of the row `event` becomes (key and value), as an upper bound: a character JSON must
+/// escape counts six bytes (`\u00XX`), integers count their widest. Ingest uses it to bound
+/// how many bytes of rows one request may turn into.
+pub fn row_bytes(event: &Event<'_>, ctx: &Ctx<'_>) -> usize {
+    let text = |s: &str| {
+        let escaping: usize = s.bytes().filter(|b| *b < 0x20 || *b == b'"' || *b == b'\\').count();
+        s.len() + 5 * escaping
+    };
+    let user_id = match &event.user_id {
+        UserId::Str(s) => text(s),
+        UserId::Int(_) => 40,
+    };
+    // Key, then {"event_type":"…","event_time":…,"user_id":…,"browser":"…","device":"…"}.
+    user_id + 80 + text(&event.event_type) + 20 + user_id + text(&ctx.browser) + text(&ctx.device)
 }
 
 /// Reusable scratch space for transforming many raw messages.

@@ -1,0 +1,193 @@
+//! Strict JSON: one reading for every parser.
+//!
+//! The raw topic carries a body byte for byte, so whatever ingest accepts, every downstream
+//! parser must read the same way. Two things JSON parsers disagree on are refused here:
+//! - **duplicate keys** in one object (RFC 8259 only says they SHOULD be unique; simd-json keeps
+//!   the first of two in small objects and the last in large ones, other parsers one or the
+//!   other), so a reader could see a different value than the one validated;
+//! - **raw control characters** (U+0000–U+001F unescaped) inside strings, which RFC 8259 forbids
+//!   and some parsers accept anyway.
+//!
+//! [`check`] scans the raw bytes once and names the offending place with a JSON pointer. It never
+//! panics on malformed input (it may then report nothing; the parser reports the malformation).
+//! simd-json 0.19 itself refuses raw control characters; the check keeps that a property of the
+//! collector, with its own error code, whatever the parser does.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use super::{Invalid, InvalidKind};
+
+/// One open container while scanning.
+enum Frame {
+    Object {
+        keys: HashSet<String>,
+        /// The key whose value is being read (for paths).
+        key: Option<String>,
+        /// The next string is a key.
+        expect_key: bool,
+    },
+    Array {
+        index: usize,
+    },
+}
+
+/// Checks a JSON document for duplicate keys and raw control characters.
+///
+/// # Errors
+/// [`Invalid`] with code `duplicate_key` (422) or `control_character` (400) and the path.
+pub fn check(raw: &[u8]) -> Result<(), Invalid> {
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'"' => {
+                // An unterminated string: not JSON, which the parser reports.
+                let Some((end, escaped)) = string_end(raw, i, &stack)? else { return Ok(()) };
+                let parent = stack.len().saturating_sub(1);
+                if let Some(Frame::Object { keys, key, expect_key }) = stack.last_mut() {
+                    if *expect_key {
+                        let name = key_text(&raw[i..=end], escaped).into_owned();
+                        if keys.contains(&name) {
+                            let at = format!("{}/{}", path(&stack[..parent]), pointer_escape(&name));
+                            return Err(Invalid::schema(
+                                "duplicate_key",
+                                at,
+                                format!("the key {name:?} appears twice in one object; JSON readers disagree on which value counts"),
+                            ));
+                        }
+                        keys.insert(name.clone());
+                        *key = Some(name);
+                        *expect_key = false;
+                    }
+                }
+                i = end + 1;
+                continue;
+            }
+            b'{' => stack.push(Frame::Object { keys: HashSet::new(), key: None, expect_key: true }),
+            b'[' => stack.push(Frame::Array { index: 0 }),
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => match stack.last_mut() {
+                Some(Frame::Object { expect_key, .. }) => *expect_key = true,
+                Some(Frame::Array { index }) => *index += 1,
+                None => {}
+            },
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The index of the quote closing the string that opens at `start`, and whether it had escapes;
+/// `None` if the string never ends.
+fn string_end(raw: &[u8], start: usize, stack: &[Frame]) -> Result<Option<(usize, bool)>, Invalid> {
+    let mut j = start + 1;
+    let mut escaped = false;
+    while j < raw.len() {
+        match raw[j] {
+            b'\\' => {
+                escaped = true;
+                j += 2;
+                continue;
+            }
+            b'"' => return Ok(Some((j, escaped))),
+            c if c < 0x20 => {
+                return Err(Invalid {
+                    kind: InvalidKind::Malformed,
+                    code: "control_character",
+                    message: format!("a string contains the raw control character U+{c:04X}; escape it (\\u{c:04x})"),
+                    path: path(stack),
+                })
+            }
+            _ => j += 1,
+        }
+    }
+    Ok(None)
+}
+
+/// A key's text: as is, or decoded when it has escapes (`"a"` and `"\u0061"` are one key).
+fn key_text(quoted: &[u8], escaped: bool) -> Cow<'_, str> {
+    if escaped {
+        if let Ok(s) = serde_json::from_slice::<String>(quoted) {
+            return Cow::Owned(s);
+        }
+    }
+    String::from_utf8_lossy(&quoted[1..quoted.len() - 1])
+}
+
+/// The JSON pointer of the place being read.
+fn path(stack: &[Frame]) -> String {
+    let mut out = String::new();
+    for frame in stack {
+        match frame {
+            Frame::Object { key: Some(k), .. } => {
+                out.push('/');
+                out.push_str(&pointer_escape(k));
+            }
+            Frame::Object { key: None, .. } => {}
+            Frame::Array { index } => {
+                out.push('/');
+                out.push_str(&index.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// RFC 6901: `~` → `~0`, `/` → `~1`.
+fn pointer_escape(key: &str) -> Cow<'_, str> {
+    if key.contains(['~', '/']) {
+        Cow::Owned(key.replace('~', "~0").replace('/', "~1"))
+    } else {
+        Cow::Borrowed(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_and_path(body: &str) -> Option<(&'static str, String)> {
+        check(body.as_bytes()).err().map(|e| (e.code, e.path))
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_wherever_they_are() {
+        assert_eq!(code_and_path(r#"{"a":1,"a":2}"#), Some(("duplicate_key", "/a".into())));
+        assert_eq!(
+            code_and_path(r#"{"events":[{"x":1},{"user_id":"a","user_id":"b"}]}"#),
+            Some(("duplicate_key", "/events/1/user_id".into()))
+        );
+        assert_eq!(code_and_path(r#"{"ctx":{"a/b":1,"a/b":2}}"#), Some(("duplicate_key", "/ctx/a~1b".into())));
+        // The same key spelled with an escape is the same key.
+        assert_eq!(code_and_path(r#"{"a":1,"\u0061":2}"#), Some(("duplicate_key", "/a".into())));
+    }
+
+    #[test]
+    fn equal_keys_in_different_objects_and_keylike_values_are_fine() {
+        assert_eq!(code_and_path(r#"{"a":{"a":1},"b":[{"a":1},{"a":2}],"c":"a","d":["a","a"]}"#), None);
+        assert_eq!(code_and_path(r#"{"a":"x\"y","b":"\\","c":"\\\""}"#), None);
+    }
+
+    #[test]
+    fn raw_control_characters_in_strings_are_refused_escaped_ones_are_fine() {
+        assert_eq!(
+            code_and_path("{\"events\":[{\"user_id\":\"a\u{1}b\"}]}"),
+            Some(("control_character", "/events/0/user_id".into()))
+        );
+        assert_eq!(code_and_path("{\"a\":\"tab\there\"}"), Some(("control_character", "/a".into())));
+        assert_eq!(code_and_path(r#"{"a":"\u0001\t\n"}"#), None);
+        // Whitespace between tokens is not inside a string.
+        assert_eq!(code_and_path("{\n\t\"a\" :\r\n 1 }"), None);
+    }
+
+    #[test]
+    fn malformed_input_never_panics() {
+        for body in ["{\"a", "{\"a\\", "\"", "{\"a\":\"\\", "}}]]", "{\"a\":1,\"a"] {
+            let _ = check(body.as_bytes());
+        }
+    }
+}
