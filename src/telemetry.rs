@@ -22,6 +22,7 @@ pub const FLUSH_FAILURES: &str = "collector_flush_failed_batches_total";
 pub const TRANSFORM_ROWS: &str = "collector_transform_rows_total";
 pub const TRANSFORM_DEAD_LETTERS: &str = "collector_transform_dead_letters_total";
 pub const TRANSFORM_FAILURES: &str = "collector_transform_failed_batches_total";
+pub const TRANSFORM_DROPPED: &str = "collector_transform_dropped_messages_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -89,4 +90,9 @@ pub fn transform_batch(rows: usize, dead_letters: usize) {
 
 pub fn transform_failed() {
     counter!(TRANSFORM_FAILURES).increment(1);
+}
+
+/// A raw message Kafka refused even as a bare dead letter was dropped.
+pub fn transform_dropped() {
+    counter!(TRANSFORM_DROPPED).increment(1);
 }

@@ -25,10 +25,12 @@ pub fn run(cmd: &WalCmd) -> Result<ExitCode> {
             if let Some(dir) = export {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            for (seq, bytes) in wal.quarantined()? {
-                let why = match record::decode(&bytes) {
-                    Ok(_) => "intact now".to_string(),
-                    Err(e) => e.to_string(),
+            for q in wal.quarantined()? {
+                let (seq, bytes) = (q.seq, q.bytes);
+                let why = match (q.set_aside, record::decode(&bytes)) {
+                    (Some(reason), _) => reason,
+                    (None, Ok(_)) => "intact now".to_string(),
+                    (None, Err(e)) => e.to_string(),
                 };
                 let mut line = serde_json::json!({"seq": seq, "bytes": bytes.len(), "error": why});
                 if let Some(dir) = export {

@@ -286,7 +286,9 @@ async fn a_body_at_the_size_limit_gets_through_kafka() {
     let c = Collector::start("run", wal.path(), 0, &topics.args("run"));
     // Just under the default 900,000-byte limit: accepted, so it must fit a Kafka message.
     let pad = "x".repeat(890_000);
-    let body = SEED_SAMPLE.replace(r#""version":"126.0""#, &format!(r#""version":"126.0","pad":"{pad}""#));
+    // In an unknown event field: `ctx` has a limit of its own, since it is copied into rows.
+    let body =
+        SEED_SAMPLE.replace(r#""product_id":"prod_demo""#, &format!(r#""product_id":"prod_demo","pad":"{pad}""#));
     assert!(body.len() < 900_000);
     assert_eq!(post(&client(), &c, body.clone()).await.status(), 200);
     let raw = read(&brokers, &topics.raw, 1, 0).await;
@@ -365,4 +367,37 @@ async fn a_second_process_with_the_same_node_id_stops_the_first_instead_of_fenci
     let values: Vec<&str> = raw.iter().map(|r| r.value.as_str()).collect();
     assert!(values.iter().any(|v| v.contains("\"b1\"")), "{values:?}");
     assert!(!values.iter().any(|v| v.contains("\"a1\"")), "A delivered after it was fenced: {values:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_message_whose_row_kafka_refuses_is_dead_lettered_and_rows_keep_flowing() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let c = Collector::start("run", wal.path(), 0, &topics.args("run"));
+    let client = client();
+    assert_eq!(post(&client, &c, event_body("first", "u1")).await.status(), 200);
+    assert_eq!(read(&brokers, &topics.transformed, 1, 0).await.len(), 1);
+
+    // The issue's first scenario, past ingest (an older collector, another producer): a valid
+    // request whose one event has a 600,000-character user_id. Its row is larger than any Kafka
+    // message; before, it stopped every row after it.
+    let poison = event_body("poison", &"u".repeat(600_000));
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    producer.send(BaseRecord::<str, str>::to(&topics.raw).payload(&poison)).unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        assert_eq!(post(&client, &c, event_body(&format!("after{i}"), "u2")).await.status(), 200);
+    }
+    let rows = read(&brokers, &topics.transformed, 6, 1000).await;
+    eprintln!("rows after the poison message arrived {:.1} s after it", started.elapsed().as_secs_f64());
+    let after = rows.iter().filter(|r| r.value.contains("\"after")).count();
+    assert_eq!((rows.len(), after), (6, 5), "every row after the poison message arrived, once");
+
+    let dead = read(&brokers, &topics.dead_letter, 1, 1000).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].value, poison, "the raw message travels to the dead-letter topic whole");
+    assert!(dead[0].headers["collector-error"].contains("refuses"), "{:?}", dead[0].headers["collector-error"]);
 }

@@ -2,6 +2,7 @@
 //! acknowledge what Kafka has.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -86,6 +87,7 @@ impl Flusher {
             runtime: &runtime,
             stop: &stop,
             backoff,
+            refusals: HashMap::new(),
         }
         .run()
     }
@@ -100,7 +102,16 @@ pub(super) struct FlushLoop<'a> {
     pub runtime: &'a Handle,
     pub stop: &'a Stop,
     pub backoff: Backoff,
+    /// How often Kafka refused each record for what it is (too large for the topic, say):
+    /// after [`REFUSALS_BEFORE_SET_ASIDE`] the record is set aside, never retried forever.
+    pub refusals: HashMap<u64, u32>,
 }
+
+/// Refusals of one record, for what it is, before it is set aside in the WAL's quarantine.
+const REFUSALS_BEFORE_SET_ASIDE: u32 = 3;
+/// Failed WAL reads in a row after which the flusher stops (and the process exits, loudly)
+/// instead of retrying a storage fault forever.
+const READ_FAILURES_BEFORE_STOP: u32 = 10;
 
 impl FlushLoop<'_> {
     pub fn run(mut self) -> Result<(), KafkaStageError> {
@@ -110,6 +121,7 @@ impl FlushLoop<'_> {
         };
         let f = self.flusher;
         let mut durable = f.durable.clone();
+        let mut read_failures = 0;
         info!(next_seq = next, guarantee = ?f.kafka.guarantee, "Flusher started.");
         loop {
             let upto = *durable.borrow_and_update();
@@ -136,9 +148,18 @@ impl FlushLoop<'_> {
                 return Ok(());
             }
             let records = match f.log.read(next, upto, f.options.batch_records, f.options.batch_bytes) {
-                Ok(r) => r,
+                Ok(r) => {
+                    read_failures = 0;
+                    r
+                }
                 Err(e) => {
-                    error!(error = %e, "Reading the WAL failed; retrying.");
+                    read_failures += 1;
+                    if read_failures >= READ_FAILURES_BEFORE_STOP {
+                        return Err(KafkaStageError::Wal(format!(
+                            "reading WAL records from {next} failed {read_failures} times in a row: {e}"
+                        )));
+                    }
+                    error!(error = %e, attempt = read_failures, "Reading the WAL failed; retrying.");
                     self.backoff.pause(self.runtime, self.stop);
                     continue;
                 }
@@ -173,23 +194,36 @@ impl FlushLoop<'_> {
     fn deliver(&mut self, records: &[ReadRecord], next: u64, last: u64) -> Result<Option<u64>, KafkaStageError> {
         self.backoff.reset();
         let f = self.flusher;
-        let messages = raw_messages(records, &f.kafka.raw_topic, &f.node);
+        let (messages, seqs) = raw_messages(records, &f.kafka.raw_topic, &f.node);
         let offsets = self.positions.map(|p| p.offsets(last + 1));
-        let (runtime, stop, backoff) = (self.runtime, self.stop, &mut self.backoff);
+        let (runtime, stop, backoff, refusals) = (self.runtime, self.stop, &mut self.backoff, &mut self.refusals);
+        let mut set_aside = false;
         let outcome = outbox::deliver(self.outbox, &messages, offsets.as_ref(), |e| {
             let message = format!("delivering records {next}..={last} failed: {e}");
             warn!(%message, "Kafka did not take a batch; retrying it.");
             f.status.failed(message);
             crate::telemetry::flush_failed();
+            if let Some((seq, reason)) = refused_too_often(e, &seqs, refusals) {
+                match f.log.set_aside(seq, &reason) {
+                    // Read the batch again, without it.
+                    Ok(()) => {
+                        set_aside = true;
+                        return false;
+                    }
+                    Err(err) => error!(seq, error = %err, "Could not set aside a WAL record Kafka refuses."),
+                }
+            }
             !backoff.pause(runtime, stop)
         })?;
         match outcome {
             Outcome::Delivered(_) => {
                 self.ack(last);
+                self.refusals.retain(|seq, _| *seq > last);
                 f.status.ok(records.len());
                 crate::telemetry::flush_delivered(records.len());
                 Ok(Some(last + 1))
             }
+            Outcome::GaveUp if set_aside => Ok(Some(next)),
             Outcome::GaveUp => Ok(None),
             // The batch may have committed after all: the new producer settled it, and the
             // committed position says. Only this batch can have been committed behind our back.
@@ -273,15 +307,31 @@ enum Limit {
     Batch(u64),
 }
 
+/// If `e` says Kafka refuses a record for what it is, counts that refusal; returns the record
+/// and why once it was refused [`REFUSALS_BEFORE_SET_ASIDE`] times.
+fn refused_too_often(e: &OutboxError, seqs: &[u64], refusals: &mut HashMap<u64, u32>) -> Option<(u64, String)> {
+    let (index, error) = match e {
+        OutboxError::Refused { index, error } if outbox::is_poison(error) => (*index, error),
+        OutboxError::Undelivered { failed } => {
+            failed.iter().find(|(_, err)| outbox::is_poison(err)).map(|(i, err)| (*i, err))?
+        }
+        _ => return None,
+    };
+    let seq = seqs[index];
+    let count = refusals.entry(seq).or_insert(0);
+    *count += 1;
+    (*count >= REFUSALS_BEFORE_SET_ASIDE).then(|| (seq, format!("Kafka refused it {count} times: {error}")))
+}
+
 /// One raw-topic message per readable record: the body as received, with its sequence number,
-/// receive time, node and client in headers.
-fn raw_messages<'r>(records: &'r [ReadRecord], topic: &'r str, node: &'r NodeId) -> Vec<OutMessage<'r>> {
+/// receive time, node and client in headers. Returns the messages and their sequence numbers.
+fn raw_messages<'r>(records: &'r [ReadRecord], topic: &'r str, node: &'r NodeId) -> (Vec<OutMessage<'r>>, Vec<u64>) {
     records
         .iter()
         .filter_map(|rec| {
             let frame = rec.frame.as_ref()?;
             let entry = record::decode(frame).expect("records are checked when read");
-            Some(OutMessage {
+            let message = OutMessage {
                 topic,
                 key: None,
                 payload: Some(entry.payload),
@@ -291,7 +341,8 @@ fn raw_messages<'r>(records: &'r [ReadRecord], topic: &'r str, node: &'r NodeId)
                     (headers::NODE, Cow::Borrowed(node.as_str().as_bytes())),
                     (headers::CLIENT, Cow::Borrowed(entry.client.as_bytes())),
                 ],
-            })
+            };
+            Some((message, rec.seq))
         })
-        .collect()
+        .unzip()
 }

@@ -127,6 +127,7 @@ impl Harness {
             runtime: self.runtime.handle(),
             stop: &stop,
             backoff: Backoff::new(Duration::from_millis(20)),
+            refusals: Default::default(),
         }
         .run()
     }
@@ -262,4 +263,66 @@ fn at_least_once_resends_only_the_records_kafka_did_not_take() {
     h.drain(&mut outbox, None, LONG).unwrap();
     assert_eq!(outbox.attempts, vec![vec![0, 1, 2], vec![1]]);
     assert_eq!(h.delivered_through(), 3);
+}
+
+#[test]
+fn a_record_kafka_keeps_refusing_is_set_aside_and_the_rest_is_delivered() {
+    let h = harness(3);
+    let too_large = || KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+    let mut outbox =
+        FakeOutbox::new((0..3).map(|_| Step::Fail(OutboxError::Refused { index: 1, error: too_large() })).collect());
+    h.drain(&mut outbox, Some(&FakePositions::new(&[None])), LONG).unwrap();
+    assert_eq!(outbox.attempts.len(), 4, "three refusals, then the batch without the record");
+    let sent: Vec<String> =
+        outbox.committed[0].messages.iter().map(|m| String::from_utf8(m.2.clone().unwrap()).unwrap()).collect();
+    assert_eq!(sent, [r#"{"n":1}"#, r#"{"n":3}"#]);
+    assert_eq!(outbox.committed[0].offsets, vec![("positions".to_string(), 0, 4)], "the position moves past it");
+    assert_eq!(h.delivered_through(), 3);
+    assert_eq!(h.log.stats().quarantined, 1, "the record is kept in the WAL's quarantine");
+}
+
+/// A WAL whose reads always fail (a storage fault).
+struct UnreadableWal(Arc<dyn LogStore>);
+
+impl LogStore for UnreadableWal {
+    fn append(
+        &self,
+        frames: &[Vec<u8>],
+        keys: &[(usize, crate::wal::IdempotencyKey)],
+    ) -> Result<u64, crate::wal::WalError> {
+        self.0.append(frames, keys)
+    }
+    fn lookup_key(&self, key: &[u8]) -> Result<Option<crate::wal::KeyRecord>, crate::wal::WalError> {
+        self.0.lookup_key(key)
+    }
+    fn sync(&self) -> Result<(), crate::wal::WalError> {
+        self.0.sync()
+    }
+    fn read(&self, _: u64, _: u64, _: usize, _: usize) -> Result<Vec<crate::wal::ReadRecord>, crate::wal::WalError> {
+        Err(crate::wal::WalError::Storage("I/O error (injected)".into()))
+    }
+    fn set_aside(&self, seq: u64, reason: &str) -> Result<(), crate::wal::WalError> {
+        self.0.set_aside(seq, reason)
+    }
+    fn ack_through(&self, seq: u64) -> Result<(), crate::wal::WalError> {
+        self.0.ack_through(seq)
+    }
+    fn stats(&self) -> crate::wal::WalStats {
+        self.0.stats()
+    }
+    fn live_bytes(&self) -> u64 {
+        self.0.live_bytes()
+    }
+    fn opened_next_seq(&self) -> u64 {
+        self.0.opened_next_seq()
+    }
+}
+
+#[test]
+fn a_wal_that_cannot_be_read_stops_the_flusher_instead_of_retrying_forever() {
+    let mut h = harness(3);
+    h.flusher.log = Arc::new(UnreadableWal(h.log.clone()));
+    let result = h.drain(&mut FakeOutbox::new(vec![]), Some(&FakePositions::new(&[None])), LONG);
+    assert!(matches!(result, Err(KafkaStageError::Wal(_))), "{result:?}");
+    assert_eq!(h.delivered_through(), 0);
 }

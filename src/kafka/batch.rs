@@ -90,6 +90,11 @@ impl<'p> Batch<'p> {
         }
     }
 
+    /// The failures reported so far (by delivery reports already served), without waiting.
+    pub fn failures(&self) -> Vec<(usize, KafkaError)> {
+        self.producer.context().state.lock().expect("tracking lock poisoned").failed.clone()
+    }
+
     /// Polls until every enqueued message was confirmed or failed. librdkafka fails a message
     /// after `message.timeout.ms` at the latest, so this returns in bounded time.
     pub fn wait(self) -> BatchOutcome {

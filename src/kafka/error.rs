@@ -14,6 +14,9 @@ pub enum KafkaStageError {
     Client(#[from] KafkaError),
     #[error("creating topic {topic} failed: {reason}")]
     CreateTopic { topic: String, reason: String },
+    /// The WAL could not be read, again and again: a storage fault an operator must look at.
+    #[error("the WAL cannot be read: {0}")]
+    Wal(String),
     /// Another live process initialised this stage's `transactional.id`: two processes share a
     /// node id. Retrying would only fence the other one in turn.
     #[error("{0}")]
@@ -32,6 +35,6 @@ impl From<super::OutboxError> for KafkaStageError {
 
 impl KafkaStageError {
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, KafkaStageError::Config(_) | KafkaStageError::Fenced(_))
+        !matches!(self, KafkaStageError::Config(_) | KafkaStageError::Fenced(_) | KafkaStageError::Wal(_))
     }
 }

@@ -188,3 +188,50 @@ fn at_least_once_commits_the_offsets_only_after_every_row_is_confirmed() {
     assert_eq!(*outbox.journal.lock().unwrap(), ["deliver: failed", "deliver: ok", "source: commit"]);
     assert!(source.rewound.is_empty());
 }
+
+fn too_large() -> KafkaError {
+    KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+}
+
+fn refusals(n: usize, index: usize) -> Vec<Step> {
+    (0..n).map(|_| Step::Fail(OutboxError::Refused { index, error: too_large() })).collect()
+}
+
+#[test]
+fn a_row_kafka_keeps_refusing_sends_its_raw_message_to_the_dead_letter_topic_and_the_partition_moves_on() {
+    let mut outbox = FakeOutbox::new(refusals(3, 1));
+    let batch = vec![raw(4, BODY), raw(5, BODY)];
+    let (result, source) = run(vec![batch.clone(); 4], &mut outbox);
+    result.unwrap();
+    assert_eq!(source.rewound, vec![4, 4, 4], "read again after each refusal");
+    assert_eq!(outbox.committed.len(), 1, "then the batch goes through");
+    let messages = &outbox.committed[0].messages;
+    let topics: Vec<&str> = messages.iter().map(|m| m.0.as_str()).collect();
+    assert_eq!(
+        topics,
+        ["dlq", "rows", "rows"],
+        "the raw message whose row was refused is dead-lettered, the other's rows go on"
+    );
+    let reason =
+        messages[0].3.iter().find(|(k, _)| k == "collector-error").map(|(_, v)| String::from_utf8(v.clone()).unwrap());
+    assert!(reason.unwrap().contains("refuses"), "the dead letter says why");
+    assert_eq!(messages[0].2.as_deref(), Some(BODY.as_bytes()), "the raw message travels with it");
+    assert_eq!(outbox.committed[0].offsets, vec![("raw".to_string(), 0, 6)], "the partition moves on");
+}
+
+#[test]
+fn a_dead_letter_kafka_refuses_goes_bare_and_a_refused_bare_one_is_dropped() {
+    // Three refusals of the row, three of the dead letter: then a bare dead letter.
+    let mut outbox = FakeOutbox::new(refusals(6, 0));
+    let (result, _) = run(vec![vec![raw(4, BODY)]; 7], &mut outbox);
+    result.unwrap();
+    let (topic, key, payload, _) = &outbox.committed[0].messages[0];
+    assert_eq!((topic.as_str(), key, payload), ("dlq", &None, &None), "no key, no payload");
+
+    // Three more, of the bare one: the message is dropped and the offsets still move on.
+    let mut outbox = FakeOutbox::new(refusals(9, 0));
+    let (result, _) = run(vec![vec![raw(4, BODY)]; 10], &mut outbox);
+    result.unwrap();
+    assert!(outbox.committed[0].messages.is_empty());
+    assert_eq!(outbox.committed[0].offsets, vec![("raw".to_string(), 0, 5)]);
+}

@@ -13,15 +13,17 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use super::outs::{self, Out};
+use super::outs::{self, Out, Poisoned};
 use super::row::Transformer;
 use super::source::{KafkaSource, Source};
 use crate::kafka::outbox::{self, Outcome};
 use crate::kafka::{self, Delivered, KafkaSettings, KafkaStageError, Outbox, OutboxError, ProducerOptions};
 use crate::node::NodeId;
 use crate::retry::{Backoff, Stop};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
 
 /// Settings of the transform worker.
 #[derive(Debug, Clone)]
@@ -91,25 +93,38 @@ pub(super) struct Worker<'a> {
 impl Worker<'_> {
     pub fn run(self) -> Result<(), KafkaStageError> {
         let mut transformer = Transformer::default();
+        let mut poisoned = Poisoned::default();
         while !self.stop.requested() {
             let batch = self.source.poll_batch(self.options.batch_messages, self.options.batch_wait);
             if batch.is_empty() {
                 continue;
             }
-            let outs = outs::transform_batch(&mut transformer, &batch);
-            let dead = outs.iter().filter(|o| matches!(o, Out::DeadLetter { .. })).count();
-            if dead > 0 {
-                warn!(count = dead, "Raw messages the transform cannot read go to the dead-letter topic.");
-            }
+            let outs = outs::transform_batch(&mut transformer, &batch, &poisoned);
+            report_set_asides(&outs, &batch);
             let messages = outs::messages(self.kafka, &batch, &outs);
+            let sources = outs::message_sources(&outs);
             let offsets = self.source.offsets(&batch);
             let (runtime, stop) = (self.runtime, self.stop);
             let mut backoff = Backoff::new(Duration::from_secs(5));
             let outcome = outbox::deliver(self.outbox, &messages, Some(&offsets), |e| {
                 crate::telemetry::transform_failed();
+                // Outputs Kafka refuses for what they are: noted, so that the batch read again
+                // replaces them after a few refusals instead of stalling the partition.
+                let poison: Vec<(usize, &KafkaError)> = match e {
+                    OutboxError::Refused { index, error } if outbox::is_poison(error) => vec![(*index, error)],
+                    OutboxError::Undelivered { failed } => {
+                        failed.iter().filter(|(_, err)| outbox::is_poison(err)).map(|(i, err)| (*i, err)).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                for (index, error) in &poison {
+                    let raw = &batch[sources[*index]];
+                    warn!(topic = raw.topic(), partition = raw.partition(), offset = raw.offset(), %error, "Kafka refuses an output of a raw message; after a few refusals it goes to the dead-letter topic instead.");
+                    poisoned.refused(raw, error.to_string());
+                }
                 match e {
                     // At-least-once: resend what Kafka did not take, in place, until stopped.
-                    OutboxError::Undelivered { failed } => {
+                    OutboxError::Undelivered { failed } if poison.is_empty() => {
                         warn!(failed = failed.len(), error = %e, "Kafka did not take some rows; retrying them.");
                         !stop.requested() && !backoff.pause(runtime, stop)
                     }
@@ -132,6 +147,8 @@ impl Worker<'_> {
                     if delivered == Delivered::MessagesOnly {
                         self.source.commit(&batch);
                     }
+                    poisoned.delivered(&batch);
+                    let dead = outs.iter().filter(|o| !matches!(o, Out::Row { .. })).count();
                     crate::telemetry::transform_batch(outs.len() - dead, dead);
                 }
                 // Aborted for sure: the batch's rows are gone, read it again.
@@ -143,5 +160,24 @@ impl Worker<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Logs the raw messages of a batch that go to the dead-letter topic (unreadable, or refused
+/// by Kafka too often) or are dropped.
+fn report_set_asides(outs: &[Out], batch: &[OwnedMessage]) {
+    for out in outs {
+        match out {
+            Out::Row { .. } => {}
+            Out::DeadLetter { index, reason, .. } => {
+                let raw = &batch[*index];
+                warn!(topic = raw.topic(), partition = raw.partition(), offset = raw.offset(), %reason, "A raw message goes to the dead-letter topic.");
+            }
+            Out::Dropped { index } => {
+                let raw = &batch[*index];
+                error!(topic = raw.topic(), partition = raw.partition(), offset = raw.offset(), "Kafka refuses even a bare dead letter for this raw message; it is dropped so that its partition moves on.");
+                crate::telemetry::transform_dropped();
+            }
+        }
     }
 }

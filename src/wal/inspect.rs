@@ -19,7 +19,7 @@ use tempfile::TempDir;
 use tracing::info;
 
 use super::keys::{SEQUENCE_FILE, SLED_DIR};
-use super::{LogOptions, LogStore, RecoveryMode, SledLog, VerifyReport, WalError, WalStats};
+use super::{LogOptions, LogStore, Quarantined, RecoveryMode, SledLog, VerifyReport, WalError, WalStats};
 
 /// A WAL opened for inspection: a [`SledLog`] over a private copy that offers only reads.
 pub struct Inspection {
@@ -94,7 +94,7 @@ impl Inspection {
     ///
     /// # Errors
     /// [`WalError::Storage`] if sled fails to read.
-    pub fn quarantined(&self) -> Result<Vec<(u64, Vec<u8>)>, WalError> {
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>, WalError> {
         self.log.quarantined()
     }
 }

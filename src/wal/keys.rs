@@ -30,6 +30,10 @@ pub(super) const LOST_PREFIX: &[u8] = b"lost/";
 /// In `meta`: `segbytes/<first_seq>` → bytes of a segment, so opening needs no scan.
 pub(super) const SEGMENT_BYTES_PREFIX: &[u8] = b"segbytes/";
 
+/// In `meta`: `aside/<seq>` → why (UTF-8): a record set aside because Kafka refused it; its
+/// bytes are in the quarantine tree.
+pub(super) const ASIDE_PREFIX: &[u8] = b"aside/";
+
 /// `prefix` followed by `n` as a big-endian u64: the shape of every tree name and meta key
 /// that carries a number, so they sort numerically.
 pub(super) fn prefixed(prefix: &[u8], n: u64) -> Vec<u8> {
@@ -44,6 +48,10 @@ pub(super) fn segment_name(first_seq: u64) -> Vec<u8> {
 
 pub(super) fn segment_bytes_key(first_seq: u64) -> Vec<u8> {
     prefixed(SEGMENT_BYTES_PREFIX, first_seq)
+}
+
+pub(super) fn aside_key(seq: u64) -> Vec<u8> {
+    prefixed(ASIDE_PREFIX, seq)
 }
 
 pub(super) fn lost_key(from: u64) -> Vec<u8> {

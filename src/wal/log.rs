@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 
 use super::idempotency::{self, IdempotencyKey, KeyIndex, KeyRecord};
 use super::keys::{
-    key_to_seq, segment_bytes_key, segment_name, DELIVERED_KEY, META_TREE, NODE_ID_KEY, QUARANTINE_TREE,
+    aside_key, key_to_seq, segment_bytes_key, segment_name, DELIVERED_KEY, META_TREE, NODE_ID_KEY, QUARANTINE_TREE,
 };
 use super::record::{self, FrameError};
 use super::recovery::{self, Loss, Recovery, RecoveryMode};
@@ -36,6 +36,10 @@ pub trait LogStore: Send + Sync + 'static {
     /// Records that every sequence number up to `seq` has been delivered downstream, makes that
     /// durable and reclaims the segments that hold nothing newer.
     fn ack_through(&self, seq: u64) -> Result<(), WalError>;
+    /// Takes record `seq` out of delivery because Kafka refuses it for what it is: its bytes
+    /// are copied to the quarantine (listed by `collector wal quarantine`, with `reason`), and
+    /// [`LogStore::read`] returns it as unreadable from then on, also after a restart.
+    fn set_aside(&self, seq: u64, reason: &str) -> Result<(), WalError>;
     /// Counters for status pages and metrics.
     fn stats(&self) -> WalStats;
     /// Bytes of records in live segments (not yet reclaimed); cheap, for the quota check.
@@ -45,11 +49,21 @@ pub trait LogStore: Send + Sync + 'static {
     fn opened_next_seq(&self) -> u64;
 }
 
+/// A record in the quarantine tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub seq: u64,
+    /// The bytes as stored.
+    pub bytes: Vec<u8>,
+    /// Why it was set aside, when that was not a failed checksum (which the bytes show).
+    pub set_aside: Option<String>,
+}
+
 /// One record as read back from the log.
 #[derive(Debug)]
 pub struct ReadRecord {
     pub seq: u64,
-    /// The framed value; `None` when it failed its checksum and was quarantined. `Bytes`, not
+    /// The framed value; `None` when it failed its checksum or was set aside (quarantined). `Bytes`, not
     /// the engine's own buffer type, so callers of [`LogStore`] never name sled; it shares the
     /// engine's buffer rather than copying it.
     pub frame: Option<Bytes>,
@@ -390,10 +404,19 @@ impl LogStore for SledLog {
             segments.range(start..).map(|(_, t)| t.clone()).collect()
         };
         let mut bytes = 0usize;
+        // Set-aside records stay in their segment; only look them up when there are any.
+        let any_quarantined = self.quarantined.load(Ordering::Relaxed) > 0;
         'segments: for tree in trees {
             for item in tree.range(from.to_be_bytes()..=upto.to_be_bytes()) {
                 let (k, v) = item?;
                 let seq = key_to_seq(&k)?;
+                if any_quarantined && self.quarantine.contains_key(seq.to_be_bytes())? {
+                    out.push(ReadRecord { seq, frame: None });
+                    if out.len() >= max_records {
+                        break 'segments;
+                    }
+                    continue;
+                }
                 match record::decode(&v) {
                     Ok(_) => {
                         bytes += v.len();
@@ -410,6 +433,25 @@ impl LogStore for SledLog {
             }
         }
         Ok(out)
+    }
+
+    fn set_aside(&self, seq: u64, reason: &str) -> Result<(), WalError> {
+        let stored = {
+            let segments = self.segments.read().expect("segments lock poisoned");
+            match segments.range(..=seq).next_back() {
+                Some((_, tree)) => tree.get(seq.to_be_bytes())?,
+                None => None,
+            }
+        };
+        let Some(bytes) = stored else { return Ok(()) };
+        self.meta.insert(aside_key(seq), reason.as_bytes())?;
+        if self.quarantine.insert(seq.to_be_bytes(), bytes)?.is_none() {
+            self.quarantined.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::wal_record_quarantined();
+        }
+        self.db.flush()?;
+        error!(seq, %reason, "Kafka refuses a WAL record for what it is; it is set aside in the quarantine tree (`collector wal quarantine` lists it).");
+        Ok(())
     }
 
     fn ack_through(&self, seq: u64) -> Result<(), WalError> {
@@ -506,13 +548,15 @@ impl SledLog {
         Ok(VerifyReport { stats, ok, corrupt, lost: recovery::lost_ranges(&self.meta, self.unrecorded_loss)? })
     }
 
-    /// Every quarantined record: sequence number and the raw stored bytes.
-    pub fn quarantined(&self) -> Result<Vec<(u64, Vec<u8>)>, WalError> {
+    /// Every quarantined record.
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>, WalError> {
         self.quarantine
             .iter()
             .map(|item| {
                 let (k, v) = item?;
-                Ok((key_to_seq(&k)?, v.to_vec()))
+                let seq = key_to_seq(&k)?;
+                let reason = self.meta.get(aside_key(seq))?.map(|r| String::from_utf8_lossy(&r).into_owned());
+                Ok(Quarantined { seq, bytes: v.to_vec(), set_aside: reason })
             })
             .collect()
     }

@@ -92,7 +92,7 @@ mod writer;
 pub use error::WalError;
 pub use idempotency::{IdempotencyKey, KeyRecord};
 pub use inspect::Inspection;
-pub use log::{LogOptions, LogStore, ReadRecord, SledLog, VerifyReport, WalStats};
+pub use log::{LogOptions, LogStore, Quarantined, ReadRecord, SledLog, VerifyReport, WalStats};
 pub use recovery::RecoveryMode;
 pub use writer::{Appended, WalWriter};
 

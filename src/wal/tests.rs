@@ -105,7 +105,32 @@ fn a_corrupt_record_is_quarantined_and_the_rest_still_reads() {
     assert_eq!(log.stats().quarantined, 1);
     let q = log.quarantined().unwrap();
     assert_eq!(q.len(), 1);
-    assert_eq!(q[0].0, 2);
+    assert_eq!(q[0].seq, 2);
+}
+
+#[test]
+fn a_record_set_aside_is_never_read_again_and_keeps_its_bytes_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path(), 1 << 20);
+        log.append(&[frame(1), frame(2), frame(3)], &[]).unwrap();
+        log.sync().unwrap();
+        log.set_aside(2, "Kafka refuses it: too large").unwrap();
+        let read = log.read(1, 3, 10, usize::MAX).unwrap();
+        assert_eq!(
+            read.iter().map(|r| (r.seq, r.frame.is_some())).collect::<Vec<_>>(),
+            [(1, true), (2, false), (3, true)]
+        );
+    }
+    let log = open(dir.path(), 1 << 20);
+    let read = log.read(1, 3, 10, usize::MAX).unwrap();
+    assert_eq!(read.iter().map(|r| r.frame.is_some()).collect::<Vec<_>>(), [true, false, true], "also after a reopen");
+    let q = log.quarantined().unwrap();
+    assert_eq!(
+        (q[0].seq, q[0].bytes.clone(), q[0].set_aside.as_deref()),
+        (2, frame(2), Some("Kafka refuses it: too large"))
+    );
+    assert_eq!(log.stats().quarantined, 1);
 }
 
 /// Counts fsyncs and makes each one slow, as on a real disk.
@@ -128,6 +153,9 @@ impl LogStore for CountingLog {
     }
     fn read(&self, from: u64, upto: u64, max_records: usize, max_bytes: usize) -> Result<Vec<ReadRecord>, WalError> {
         self.inner.read(from, upto, max_records, max_bytes)
+    }
+    fn set_aside(&self, seq: u64, reason: &str) -> Result<(), WalError> {
+        self.inner.set_aside(seq, reason)
     }
     fn ack_through(&self, seq: u64) -> Result<(), WalError> {
         self.inner.ack_through(seq)

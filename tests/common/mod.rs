@@ -319,7 +319,8 @@ pub struct LoadShape {
     pub clients: usize,
     /// Pause after each acknowledged request.
     pub pace: Duration,
-    /// Filler bytes per request (in `ctx.pad`), to grow the WAL faster.
+    /// Filler bytes per request (in the event's unknown field `pad`, which rows do not carry),
+    /// to grow the WAL faster.
     pub pad: usize,
 }
 
@@ -363,7 +364,7 @@ pub fn start_load(
                     i += 1;
                     out.attempted += 1;
                     let body = format!(
-                        r#"{{"events":[{{"event_type":"{id}","event_time":1750867000000,"user_id":"user-{c}"}}],"ctx":{{"browser":"Firefox","device":"Desktop","version":"126.0","pad":"{filler}"}}}}"#
+                        r#"{{"events":[{{"event_type":"{id}","event_time":1750867000000,"user_id":"user-{c}","pad":"{filler}"}}],"ctx":{{"browser":"Firefox","device":"Desktop","version":"126.0"}}}}"#
                     );
                     loop {
                         let sent = http

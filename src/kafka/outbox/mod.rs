@@ -79,8 +79,9 @@ pub enum Delivered {
 /// [`OutboxError::Config`] is retryable — the data waits in the WAL or the source topic.
 #[derive(Debug, Error)]
 pub enum OutboxError {
-    /// librdkafka refused message `index` outright (too large, unknown topic…); in a
-    /// transaction nothing of the batch was committed.
+    /// Kafka refused message `index`: librdkafka at enqueue (too large, unknown topic…), or,
+    /// in a transaction, its delivery report with a [poison](is_poison) error. In a transaction
+    /// nothing of the batch was committed.
     #[error("Kafka refused message {index} of the batch: {error}")]
     Refused { index: usize, error: KafkaError },
     /// At-least-once: these messages (index, reason) were not delivered; the rest were.
@@ -208,6 +209,22 @@ pub fn deliver(
             return Ok(Outcome::GaveUp);
         }
     }
+}
+
+/// Whether Kafka refuses this message for what it is, whatever the state of the cluster (too
+/// large, not a valid record): retrying cannot help, the message must go elsewhere.
+pub fn is_poison(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Code::MessageSizeTooLarge
+                | Code::MessageBatchTooLarge
+                | Code::InvalidRecord
+                | Code::InvalidArgument
+                | Code::BadMessage
+        )
+    )
 }
 
 /// Enqueues the batch's messages on `sending` (the delivery opaque is the message's index);

@@ -102,8 +102,15 @@ impl TransactionalOutbox {
                 .send_offsets_to_transaction(&offsets.list, group, timeout)
                 .map_err(|e| Failed::Txn(classify(e)))?;
         }
-        // Committing flushes the producer: every message is delivered or the commit fails.
-        commit(producer, timeout).map_err(Failed::Txn)
+        // Committing flushes the producer: every message is delivered or the commit fails. A
+        // message the broker refused for what it is (too large for the topic, say) is named, so
+        // the caller can set it aside instead of retrying the batch forever.
+        commit(producer, timeout).map_err(|failure| {
+            match sending.failures().into_iter().find(|(_, e)| super::is_poison(e)) {
+                Some((index, error)) => Failed::Refused(index, error),
+                None => Failed::Txn(failure),
+            }
+        })
     }
 
     /// After a failed transaction: aborts it, or drops the producer when it cannot be aborted.
