@@ -158,6 +158,12 @@ pub struct TransformArgs {
     /// Consumer group of the transform workers.
     #[arg(long, env = "COLLECTOR_GROUP_ID", default_value = "collector-transform")]
     pub group_id: String,
+    /// Consumer session.timeout.ms. Workers are static group members (group.instance.id =
+    /// collector-transform-<node id>): one restarted under its node id gets its partitions back
+    /// at once, but one that dies for good, or is stopped and not restarted, holds them this
+    /// long. The broker accepts 6000 to 1800000 by default.
+    #[arg(long, env = "COLLECTOR_TRANSFORM_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub transform_session_timeout_ms: u64,
     /// Most raw messages per transform batch.
     #[arg(long, env = "COLLECTOR_TRANSFORM_BATCH", default_value_t = 2000)]
     pub transform_batch: usize,
@@ -296,6 +302,10 @@ impl TransformArgs {
         }
         Ok(TransformOptions {
             group_id: self.group_id.clone(),
+            session_timeout: Duration::from_millis(positive(
+                "--transform-session-timeout-ms",
+                self.transform_session_timeout_ms,
+            )?),
             batch_messages: positive("--transform-batch", self.transform_batch as u64)? as usize,
             batch_wait: Duration::from_millis(positive("--transform-wait-ms", self.transform_wait_ms)?),
             producer: ProducerOptions {

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -365,4 +365,75 @@ async fn a_second_process_with_the_same_node_id_stops_the_first_instead_of_fenci
     let values: Vec<&str> = raw.iter().map(|r| r.value.as_str()).collect();
     assert!(values.iter().any(|v| v.contains("\"b1\"")), "{values:?}");
     assert!(!values.iter().any(|v| v.contains("\"a1\"")), "A delivered after it was fenced: {values:?}");
+}
+
+/// `collector transform --node-id <node>` with `extra` flags; its log is kept, to tell why it
+/// stopped.
+fn spawn_transform(topics: &Topics, node: &str, extra: &[&str]) -> (std::process::Child, Arc<Mutex<String>>) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_collector"))
+        .arg("transform")
+        .args(topics.args("transform"))
+        .args(["--node-id", node])
+        .args(extra)
+        .env("COLLECTOR_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting collector transform");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (stderr, sink) = (child.stderr.take().unwrap(), log.clone());
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[transform] {line}");
+            sink.lock().unwrap().push_str(&line);
+        }
+    });
+    (child, log)
+}
+
+/// Waits up to `patience` for `child` to exit.
+fn exit_within(child: &mut std::process::Child, patience: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + patience;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// Two live workers under one node id share a `group.instance.id`: the broker fences the
+/// older member. It must stop with an error naming the cause, not poll a dead consumer
+/// forever. At-least-once, so no transactional producer fences it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_transform_worker_with_the_same_node_id_fences_the_first_which_stops_with_an_error() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let mut args = topics.args("serve");
+    args.extend(["--delivery-guarantee".into(), "at-least-once".into()]);
+    let c = Collector::start("serve", wal.path(), 0, &args);
+    let node = unique("w");
+    let at_least_once = ["--delivery-guarantee", "at-least-once"];
+
+    let (mut a, a_log) = spawn_transform(&topics, &node, &at_least_once);
+    assert_eq!(post(&client(), &c, event_body("a0", "u")).await.status(), 200);
+    assert_eq!(read(&brokers, &topics.transformed, 1, 0).await.len(), 1, "worker A delivers");
+
+    let (mut b, _b_log) = spawn_transform(&topics, &node, &at_least_once);
+    let exited = tokio::task::spawn_blocking(move || (exit_within(&mut a, Duration::from_secs(60)), a)).await;
+    let (status, mut a) = exited.unwrap();
+    let _ = a.kill();
+    let status = status.expect("the fenced worker kept running");
+    assert!(!status.success(), "a fenced worker exits with an error, not 0");
+    let log = a_log.lock().unwrap().clone();
+    assert!(log.contains("fenced") && log.contains("--node-id"), "the error names the cause: {log}");
+
+    // B owns the partitions now.
+    assert_eq!(post(&client(), &c, event_body("b1", "u")).await.status(), 200);
+    let rows = read(&brokers, &topics.transformed, 2, 1000).await;
+    assert!(rows.iter().any(|r| r.value.contains("\"b1\"")), "worker B delivers: {rows:?}");
+    let _ = b.kill();
+    let _ = b.wait();
 }

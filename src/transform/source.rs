@@ -3,23 +3,43 @@
 //!
 //! A batch during which the group rebalanced is dropped before anything is produced: its
 //! partitions restart from their committed offsets, wherever they are now assigned.
+//!
+//! # Static membership
+//! Each worker joins with `group.instance.id` = `collector-transform-<node id>`, unique per
+//! worker and kept across restarts. A worker restarted after a crash rejoins as the member it
+//! was and gets its partitions back at once; without it the group waits for the dead member's
+//! session to expire (librdkafka's default: 45 s) before anyone reads them. The price is paid
+//! by a member that never comes back, or is stopped on purpose (static members do not leave
+//! the group on close): its partitions wait for `session.timeout.ms`
+//! (`--transform-session-timeout-ms`), so that is kept short. A stuck worker thread is not
+//! what the session detects (librdkafka heartbeats from its own thread); `max.poll.interval.ms`
+//! does. A second live worker with the same instance id takes the membership over and the
+//! broker fences the older one (`FENCED_INSTANCE_ID`): that one stops with
+//! [`KafkaStageError::Fenced`], as it does when its producer is fenced.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use super::TransformOptions;
 use crate::kafka::{KafkaSettings, KafkaStageError, Offsets};
+use crate::node::NodeId;
 
 /// Where the worker's raw messages come from: a seam so the worker loop can be tested without
 /// Kafka.
 pub trait Source {
     /// Up to `max` messages, waiting at most `wait`; empty if the group rebalanced meanwhile.
-    fn poll_batch(&mut self, max: usize, wait: Duration) -> Vec<OwnedMessage>;
+    ///
+    /// # Errors
+    /// The source can never deliver again (the consumer failed fatally, e.g. fenced by another
+    /// worker with the same instance id): the stage must stop.
+    fn poll_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<OwnedMessage>, KafkaStageError>;
     /// The offsets after `batch`, with the group's metadata: what a transaction commits.
     fn offsets(&self, batch: &[OwnedMessage]) -> Offsets;
     /// Seeks back to the start of `batch`, so the next poll reads it again.
@@ -52,18 +72,34 @@ impl ConsumerContext for RebalanceWatch {
 /// The raw topic read as a member of the transform's consumer group, `read_committed`.
 pub struct KafkaSource {
     consumer: BaseConsumer<RebalanceWatch>,
+    /// `group.instance.id`, named when the broker fences it.
+    instance_id: String,
 }
 
 impl KafkaSource {
-    /// Joins `group` and subscribes to the raw topic (from the earliest offset if the group is
-    /// new).
+    /// Joins the group of `options` as the static member `collector-transform-<node>` and
+    /// subscribes to the raw topic (from the earliest offset if the group is new).
     ///
     /// # Errors
     /// [`KafkaStageError`] for an invalid configuration or a refused subscription.
-    pub fn subscribe(kafka: &KafkaSettings, group: &str) -> Result<Self, KafkaStageError> {
+    pub fn subscribe(
+        kafka: &KafkaSettings,
+        options: &TransformOptions,
+        node: &NodeId,
+    ) -> Result<Self, KafkaStageError> {
+        // The worker's transactional.id is already unique per worker and kept across restarts.
+        let instance_id = node.transform_transactional_id();
+        let session_ms = options.session_timeout.as_millis() as u64;
+        let session_timeout = session_ms.to_string();
+        // Kafka's rule of thumb: at least three heartbeats per session, so one lost heartbeat
+        // does not evict a live worker (librdkafka's default interval is 3 s).
+        let heartbeat = (session_ms / 3).clamp(100, 3000).to_string();
         let consumer: BaseConsumer<RebalanceWatch> = kafka
             .client_config(&[
-                ("group.id", group),
+                ("group.id", &options.group_id),
+                ("group.instance.id", &instance_id),
+                ("session.timeout.ms", &session_timeout),
+                ("heartbeat.interval.ms", &heartbeat),
                 ("enable.auto.commit", "false"),
                 ("auto.offset.reset", "earliest"),
                 ("isolation.level", "read_committed"),
@@ -72,12 +108,27 @@ impl KafkaSource {
             .create_with_context(RebalanceWatch::default())
             .map_err(|e| KafkaStageError::Config(e.to_string()))?;
         consumer.subscribe(&[&kafka.raw_topic])?;
-        Ok(KafkaSource { consumer })
+        Ok(KafkaSource { consumer, instance_id })
+    }
+
+    /// The error a fatal consumer failure ends the stage with.
+    fn fatal(&self, error: KafkaError) -> KafkaStageError {
+        match self.consumer.client().fatal_error() {
+            Some((RDKafkaErrorCode::FencedInstanceId, _)) => KafkaStageError::Fenced(format!(
+                "fenced: another transform worker joined the consumer group as {} (the same node id); give each worker its own --node-id",
+                self.instance_id
+            )),
+            Some((code, reason)) => {
+                error!(%reason, "The transform's consumer failed fatally.");
+                KafkaStageError::Client(KafkaError::MessageConsumptionFatal(code))
+            }
+            None => KafkaStageError::Client(error),
+        }
     }
 }
 
 impl Source for KafkaSource {
-    fn poll_batch(&mut self, max: usize, wait: Duration) -> Vec<OwnedMessage> {
+    fn poll_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<OwnedMessage>, KafkaStageError> {
         let mut batch = Vec::new();
         let watch = self.consumer.context();
         watch.happened.store(false, Ordering::Release);
@@ -90,6 +141,8 @@ impl Source for KafkaSource {
             match self.consumer.poll(left) {
                 None => break,
                 Some(Ok(m)) => batch.push(BorrowedMessage::detach(&m)),
+                // The consumer is unusable for good: nothing read since is worth producing.
+                Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => return Err(self.fatal(e)),
                 Some(Err(e)) => {
                     warn!(error = %e, "Consuming from the raw topic failed.");
                     break;
@@ -103,7 +156,7 @@ impl Source for KafkaSource {
             self.rewind(&batch);
             batch.clear();
         }
-        batch
+        Ok(batch)
     }
 
     fn offsets(&self, batch: &[OwnedMessage]) -> Offsets {
