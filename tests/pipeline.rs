@@ -437,3 +437,50 @@ async fn a_second_transform_worker_with_the_same_node_id_fences_the_first_which_
     let _ = b.kill();
     let _ = b.wait();
 }
+
+/// `kill -TERM <pid>`, without waiting.
+fn sigterm(c: &Collector) {
+    let pid = c.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+}
+
+/// The drain after SIGTERM can take a while when Kafka is away; a second SIGTERM ends it at
+/// once, non-zero, and the undelivered records stay in the WAL for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_while_draining_exits_at_once_and_keeps_the_records_in_the_wal() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let mut down = topics.args("serve");
+    down[1] = format!("127.0.0.1:{}", free_port());
+    down.extend(["--drain-timeout-ms".into(), "120000".into()]);
+    let mut c = Collector::start("serve", wal.path(), 0, &down);
+    for i in 0..20 {
+        assert_eq!(post(&client(), &c, event_body(&format!("e{i}"), "u")).await.status(), 200);
+    }
+
+    sigterm(&c);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(c.child.try_wait().unwrap().is_none(), "the first SIGTERM drains (Kafka is away: for two minutes)");
+    let t0 = std::time::Instant::now();
+    sigterm(&c);
+    let (status, c) =
+        tokio::task::spawn_blocking(move || (exit_within(&mut c.child, Duration::from_secs(20)), c)).await.unwrap();
+    let status = status.expect("the second SIGTERM did not end the drain");
+    eprintln!("second SIGTERM: exited {status:?} after {:?}", t0.elapsed());
+    assert!(!status.success(), "an interrupted drain is not a clean exit");
+    drop(c);
+
+    let stats = std::process::Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(["wal", "stats", "--wal-dir"])
+        .arg(wal.path())
+        .output()
+        .unwrap();
+    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["pending_records"], 20, "{stats}");
+
+    let c = Collector::start("serve", wal.path(), 0, &topics.args("serve"));
+    assert_eq!(read(&brokers, &topics.raw, 20, 2000).await.len(), 20, "the next start delivers them, once");
+    drop(c);
+}
