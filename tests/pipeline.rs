@@ -344,18 +344,8 @@ async fn a_second_process_with_the_same_node_id_stops_the_first_instead_of_fenci
 
     // A's next transaction is fenced: A stops with an error instead of fencing B in turn.
     assert_eq!(post(&client(), &a, event_body("a1", "u")).await.status(), 200);
-    let exited = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = a.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    })
-    .await
-    .unwrap();
+    let (exited, _a) =
+        tokio::task::spawn_blocking(move || (exit_within(&mut a.child, Duration::from_secs(60)), a)).await.unwrap();
     let status = exited.expect("the fenced collector kept running");
     assert!(!status.success(), "a fenced collector exits with an error, not 0");
 

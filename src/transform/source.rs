@@ -13,9 +13,14 @@
 //! the group on close): its partitions wait for `session.timeout.ms`
 //! (`--transform-session-timeout-ms`), so that is kept short. A stuck worker thread is not
 //! what the session detects (librdkafka heartbeats from its own thread); `max.poll.interval.ms`
-//! does. A second live worker with the same instance id takes the membership over and the
-//! broker fences the older one (`FENCED_INSTANCE_ID`): that one stops with
-//! [`KafkaStageError::Fenced`], as it does when its producer is fenced.
+//! does.
+//!
+//! A second live worker with the same instance id takes the membership over and the broker
+//! fences the older one (`FENCED_INSTANCE_ID`, fatal for a librdkafka consumer). The same error
+//! also comes spuriously after a broker restart (seen in `tests/outage.rs`; confluent-kafka-go
+//! #494), so the first fence only rebuilds the consumer and rejoins. Fenced again within
+//! [`FENCED_AGAIN_WINDOW`] means a live rival — the two would fence each other in a loop — and
+//! the worker stops with [`KafkaStageError::Fenced`], as it does when its producer is fenced.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +29,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use super::TransformOptions;
@@ -72,9 +77,18 @@ impl ConsumerContext for RebalanceWatch {
 /// The raw topic read as a member of the transform's consumer group, `read_committed`.
 pub struct KafkaSource {
     consumer: BaseConsumer<RebalanceWatch>,
+    /// To build the consumer again after a fence.
+    config: ClientConfig,
+    topic: String,
     /// `group.instance.id`, named when the broker fences it.
     instance_id: String,
+    /// When the broker last fenced this member: a second fence soon after means a rival.
+    fenced_at: Option<Instant>,
 }
+
+/// Fenced twice within this time: another live worker uses our instance id. A rival fences us
+/// again within a few heartbeats; a broker restart rarely comes twice in a minute.
+pub const FENCED_AGAIN_WINDOW: Duration = Duration::from_secs(60);
 
 impl KafkaSource {
     /// Joins the group of `options` as the static member `collector-transform-<node>` and
@@ -94,37 +108,51 @@ impl KafkaSource {
         // Kafka's rule of thumb: at least three heartbeats per session, so one lost heartbeat
         // does not evict a live worker (librdkafka's default interval is 3 s).
         let heartbeat = (session_ms / 3).clamp(100, 3000).to_string();
-        let consumer: BaseConsumer<RebalanceWatch> = kafka
-            .client_config(&[
-                ("group.id", &options.group_id),
-                ("group.instance.id", &instance_id),
-                ("session.timeout.ms", &session_timeout),
-                ("heartbeat.interval.ms", &heartbeat),
-                ("enable.auto.commit", "false"),
-                ("auto.offset.reset", "earliest"),
-                ("isolation.level", "read_committed"),
-                ("enable.partition.eof", "false"),
-            ])
-            .create_with_context(RebalanceWatch::default())
-            .map_err(|e| KafkaStageError::Config(e.to_string()))?;
-        consumer.subscribe(&[&kafka.raw_topic])?;
-        Ok(KafkaSource { consumer, instance_id })
+        let config = kafka.client_config(&[
+            ("group.id", &options.group_id),
+            ("group.instance.id", &instance_id),
+            ("session.timeout.ms", &session_timeout),
+            ("heartbeat.interval.ms", &heartbeat),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("isolation.level", "read_committed"),
+            ("enable.partition.eof", "false"),
+        ]);
+        let consumer = join(&config, &kafka.raw_topic)?;
+        Ok(KafkaSource { consumer, config, topic: kafka.raw_topic.clone(), instance_id, fenced_at: None })
     }
 
-    /// The error a fatal consumer failure ends the stage with.
-    fn fatal(&self, error: KafkaError) -> KafkaStageError {
+    /// After a fatal consumer error: a first fence rebuilds the consumer and rejoins; anything
+    /// else ends the stage.
+    fn recover(&mut self, error: KafkaError) -> Result<(), KafkaStageError> {
         match self.consumer.client().fatal_error() {
-            Some((RDKafkaErrorCode::FencedInstanceId, _)) => KafkaStageError::Fenced(format!(
-                "fenced: another transform worker joined the consumer group as {} (the same node id); give each worker its own --node-id",
-                self.instance_id
-            )),
+            Some((RDKafkaErrorCode::FencedInstanceId, _)) => {
+                if self.fenced_at.is_some_and(|at| at.elapsed() < FENCED_AGAIN_WINDOW) {
+                    return Err(KafkaStageError::Fenced(format!(
+                        "fenced: another transform worker joined the consumer group as {} (the same node id); give each worker its own --node-id",
+                        self.instance_id
+                    )));
+                }
+                warn!(instance_id = %self.instance_id, "The group fenced this worker's membership (a broker restart, or another worker with this node id); rejoining. Fenced again within a minute, it stops.");
+                self.fenced_at = Some(Instant::now());
+                self.consumer = join(&self.config, &self.topic)?;
+                Ok(())
+            }
             Some((code, reason)) => {
                 error!(%reason, "The transform's consumer failed fatally.");
-                KafkaStageError::Client(KafkaError::MessageConsumptionFatal(code))
+                Err(KafkaStageError::Client(KafkaError::MessageConsumptionFatal(code)))
             }
-            None => KafkaStageError::Client(error),
+            None => Err(KafkaStageError::Client(error)),
         }
     }
+}
+
+/// A consumer of `config` subscribed to `topic`.
+fn join(config: &ClientConfig, topic: &str) -> Result<BaseConsumer<RebalanceWatch>, KafkaStageError> {
+    let consumer: BaseConsumer<RebalanceWatch> =
+        config.create_with_context(RebalanceWatch::default()).map_err(|e| KafkaStageError::Config(e.to_string()))?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
 }
 
 impl Source for KafkaSource {
@@ -141,8 +169,12 @@ impl Source for KafkaSource {
             match self.consumer.poll(left) {
                 None => break,
                 Some(Ok(m)) => batch.push(BorrowedMessage::detach(&m)),
-                // The consumer is unusable for good: nothing read since is worth producing.
-                Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => return Err(self.fatal(e)),
+                // This consumer is unusable for good; what it read is read again from the
+                // committed offsets by the next one.
+                Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
+                    self.recover(e)?;
+                    return Ok(Vec::new());
+                }
                 Some(Err(e)) => {
                     warn!(error = %e, "Consuming from the raw topic failed.");
                     break;
