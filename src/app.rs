@@ -9,6 +9,12 @@
 //! process with the same node id) starts that same drain: a collector whose flusher is gone
 //! must not keep acknowledging requests it will never deliver. The error is returned by
 //! [`Pipeline::stop`], so the process exits non-zero.
+//!
+//! How long shutdown takes at most ([`PipelineConfig::longest_shutdown`]): the in-flight
+//! requests' grace, the drain deadline, [`STAGE_EXIT_GRACE`] for the flusher and again for the
+//! transform worker, and [`RUNTIME_EXIT_GRACE`]: with the defaults 5 + 15 + 3 + 3 + 0.5 =
+//! 26.5 s, inside the 30 s an orchestrator usually grants between SIGTERM and SIGKILL
+//! (Kubernetes' `terminationGracePeriodSeconds`). A second signal ends it at once (the binary).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +77,8 @@ pub enum AppError {
 /// A started pipeline.
 pub struct Pipeline {
     addr: SocketAddr,
+    /// For a last look at what stays undelivered when the process has to go at once.
+    log: Arc<dyn LogStore>,
     /// True once shutdown started: asked for by [`Pipeline::stop`], or by a failed stage.
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), AppError>>,
@@ -124,13 +132,19 @@ impl Pipeline {
         });
         info!(%addr, %node, guarantee = ?config.kafka.guarantee, transform = worker.is_some(), "Collector listening.");
         let stages = Stages { flusher, worker, drain, transform_stop };
+        let log = state.log.clone();
         let task = tokio::spawn(serve_then_drain(config, listener, state, shutdown.subscribe(), stages));
-        Ok(Pipeline { addr, shutdown, task })
+        Ok(Pipeline { addr, log, shutdown, task })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The WAL, to read its statistics.
+    pub fn wal(&self) -> Arc<dyn LogStore> {
+        self.log.clone()
     }
 
     /// Resolves once shutdown has started, whoever started it (a stage that failed does).
@@ -203,7 +217,11 @@ async fn serve_then_drain(
     };
     ingest::serve(listener, app, config.server.header_timeout, config.server.shutdown_grace, signal).await;
     drop(state);
-    info!(timeout_ms = config.drain_timeout.as_millis() as u64, "Delivering the WAL to Kafka before exit.");
+    info!(
+        timeout_ms = config.drain_timeout.as_millis() as u64,
+        exit_within_ms = config.longest_shutdown().saturating_sub(config.server.shutdown_grace).as_millis() as u64,
+        "Delivering the WAL to Kafka before exit."
+    );
     stages.drain.stop_by(Instant::now() + config.drain_timeout);
     // The flusher checks the deadline between Kafka calls, but one call (a transaction commit
     // while Kafka is away) can block longer. Exiting anyway is safe: what was not acknowledged
@@ -241,8 +259,21 @@ pub async fn run_transform(
     bounded(worker, STAGE_EXIT_GRACE + Duration::from_secs(5), "transform worker").await
 }
 
-/// How long a stage may take to stop after its deadline (or its stop signal).
-const STAGE_EXIT_GRACE: Duration = Duration::from_secs(5);
+/// How long a stage may take to stop after its deadline (or its stop signal). Giving up on a
+/// stage blocked in a Kafka call is safe (see [`bounded`]), so this is kept short: it counts
+/// twice against the orchestrator's grace period.
+pub const STAGE_EXIT_GRACE: Duration = Duration::from_secs(3);
+
+/// How long the runtime waits for its tasks when the process exits.
+pub const RUNTIME_EXIT_GRACE: Duration = Duration::from_millis(500);
+
+impl PipelineConfig {
+    /// The longest a graceful shutdown can take, from the signal to the process exit.
+    pub fn longest_shutdown(&self) -> Duration {
+        let stages = if self.transform.is_some() { 2 } else { 1 };
+        self.server.shutdown_grace + self.drain_timeout + STAGE_EXIT_GRACE * stages + RUNTIME_EXIT_GRACE
+    }
+}
 
 /// Waits for a stage to stop, but not past `limit`.
 async fn bounded(stage: StageTask, limit: Duration, name: &str) -> Result<(), AppError> {
@@ -277,4 +308,20 @@ fn watch_stage(
         }
         result
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::config::{Cli, Command};
+
+    #[test]
+    fn the_default_shutdown_fits_an_orchestrators_30_second_grace() {
+        let cli = Cli::try_parse_from(["collector", "run"]).unwrap();
+        let Command::Run(run) = cli.command else { unreachable!() };
+        let config = run.serve.pipeline(Some(&run.transform)).unwrap();
+        let longest = config.longest_shutdown();
+        assert!(longest <= std::time::Duration::from_secs(27), "{longest:?}: no room left before SIGKILL at 30 s");
+    }
 }

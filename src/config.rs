@@ -169,6 +169,12 @@ pub struct TransformArgs {
     /// Consumer group of the transform workers.
     #[arg(long, env = "COLLECTOR_GROUP_ID", default_value = "collector-transform")]
     pub group_id: String,
+    /// Consumer session.timeout.ms. Workers are static group members (group.instance.id =
+    /// collector-transform-<node id>): one restarted under its node id gets its partitions back
+    /// at once, but one that dies for good, or is stopped and not restarted, holds them this
+    /// long. The broker accepts 6000 to 1800000 by default.
+    #[arg(long, env = "COLLECTOR_TRANSFORM_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub transform_session_timeout_ms: u64,
     /// Most raw messages per transform batch.
     #[arg(long, env = "COLLECTOR_TRANSFORM_BATCH", default_value_t = 2000)]
     pub transform_batch: usize,
@@ -209,6 +215,11 @@ pub struct KafkaArgs {
     /// producer's open transaction can hold back read_committed readers.
     #[arg(long, env = "COLLECTOR_TRANSACTION_TIMEOUT_MS", default_value_t = 60_000)]
     pub transaction_timeout_ms: u64,
+    /// Exactly-once mode: how long one transactional call (init, send offsets, commit, abort)
+    /// may block; below --transaction-timeout-ms. A commit or abort retried after retriable
+    /// failures gives up after three of these, so a stage is never stuck in Kafka for minutes.
+    #[arg(long, env = "COLLECTOR_KAFKA_CALL_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_call_timeout_ms: u64,
     /// Partitions of topics the collector creates.
     #[arg(long, env = "COLLECTOR_TOPIC_PARTITIONS", default_value_t = 4)]
     pub topic_partitions: i32,
@@ -284,9 +295,20 @@ impl KafkaArgs {
         Ok(settings)
     }
 
+    /// Transaction timing.
+    ///
+    /// # Errors
+    /// A zero timeout, or a call timeout not below the transaction timeout: one call could then
+    /// outlive the transaction it works on.
     pub fn txn(&self) -> Result<TxnTimeouts, ConfigError> {
         let ms = positive("--transaction-timeout-ms", self.transaction_timeout_ms)?;
-        Ok(TxnTimeouts { transaction_ms: ms, operation: Duration::from_millis(ms) })
+        let call_ms = positive("--kafka-call-timeout-ms", self.kafka_call_timeout_ms)?;
+        if call_ms >= ms {
+            return Err(ConfigError::Invalid(format!(
+                "--kafka-call-timeout-ms {call_ms} must be below --transaction-timeout-ms {ms}"
+            )));
+        }
+        Ok(TxnTimeouts { transaction_ms: ms, operation: Duration::from_millis(call_ms) })
     }
 }
 
@@ -307,6 +329,10 @@ impl TransformArgs {
         }
         Ok(TransformOptions {
             group_id: self.group_id.clone(),
+            session_timeout: Duration::from_millis(positive(
+                "--transform-session-timeout-ms",
+                self.transform_session_timeout_ms,
+            )?),
             batch_messages: positive("--transform-batch", self.transform_batch as u64)? as usize,
             batch_wait: Duration::from_millis(positive("--transform-wait-ms", self.transform_wait_ms)?),
             producer: ProducerOptions {
@@ -441,6 +467,20 @@ mod tests {
         assert!(parse(&["run", "--max-body-bytes", "100", "--max-decompressed-bytes", "10"]).is_err());
         assert!(parse(&["run", "--max-field-bytes", "0"]).is_err());
         assert!(parse(&["run", "--max-field-bytes", "100000"]).is_err(), "rows that long do not fit Kafka");
+    }
+
+    #[test]
+    fn a_kafka_call_timeout_must_be_below_the_transaction_timeout() {
+        let cfg = parse(&["serve"]).unwrap();
+        assert_eq!(cfg.flush.producer.txn.operation, Duration::from_secs(10), "the default call timeout");
+        assert_eq!(cfg.flush.producer.txn.transaction_ms, 60_000);
+        let set = parse(&["run", "--kafka-call-timeout-ms", "2000", "--transaction-timeout-ms", "5000"]).unwrap();
+        assert_eq!(set.transform.unwrap().producer.txn.operation, Duration::from_secs(2));
+        for bad in [["--kafka-call-timeout-ms", "60000"], ["--kafka-call-timeout-ms", "0"]] {
+            let err = parse(&["serve", bad[0], bad[1]]).unwrap_err();
+            assert!(err.contains("--kafka-call-timeout-ms"), "{err}");
+        }
+        assert!(parse(&["serve", "--transaction-timeout-ms", "5000"]).is_err(), "the default 10 s is too long then");
     }
 
     #[test]

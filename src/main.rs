@@ -1,13 +1,18 @@
-//! The `collector` binary: parse the command line, start, wait for SIGTERM/SIGINT, drain.
+//! The `collector` binary: parse the command line, start, wait for SIGTERM/SIGINT, drain. A
+//! second signal during the drain exits at once, non-zero: what the WAL holds stays there,
+//! safe, for the next start.
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::Parser;
 use collector::app::{self, Pipeline};
 use collector::config::{Cli, Command};
+use signals::Signals;
+use tracing::warn;
 use tracing_subscriber::EnvFilter;
 
+mod signals;
 mod wal_cmd;
 
 fn main() -> ExitCode {
@@ -34,18 +39,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let result = runtime.block_on(async move {
+        let signals = Signals::listen().context("installing the signal handlers")?;
         match cli.command {
             Command::Run(args) => {
                 let config = args.serve.pipeline(Some(&args.transform)).context("invalid configuration")?;
-                serve(config).await
+                serve(config, &signals).await
             }
             Command::Serve(args) => {
                 let config = args.pipeline(None).context("invalid configuration")?;
-                serve(config).await
+                serve(config, &signals).await
             }
             Command::Transform(args) => {
                 let (kafka, node, options) = args.worker().context("invalid configuration")?;
-                app::run_transform(kafka, options, node, shutdown_signal()).await?;
+                tokio::select! {
+                    stopped = app::run_transform(kafka, options, node, signals.received(1)) => stopped?,
+                    () = signals.received(2) => {
+                        // Safe: the batch in hand is not committed, so it is read again.
+                        warn!("A second signal: exiting now, without waiting for the worker.");
+                        return Err(anyhow!("stopped by a second signal before the worker finished"));
+                    }
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Command::Wal(_) => unreachable!("handled above"),
@@ -53,39 +66,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
     });
     // A stage thread may still be blocked in a Kafka call past its deadline (the pipeline
     // already gave up on it, safely); do not let the runtime wait for it.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    runtime.shutdown_timeout(app::RUNTIME_EXIT_GRACE);
     result
 }
 
-async fn serve(config: app::PipelineConfig) -> Result<ExitCode> {
+async fn serve(config: app::PipelineConfig, signals: &Signals) -> Result<ExitCode> {
     let pipeline = Pipeline::start(config).await?;
     // Until a signal, or until a stage fails by itself (which has started the drain already).
     tokio::select! {
-        () = shutdown_signal() => {}
+        () = signals.received(1) => {}
         () = pipeline.shutting_down() => {}
     }
-    pipeline.stop().await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
+    let wal = pipeline.wal();
+    let interrupt = signals.count() + 1;
     tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        stopped = pipeline.stop() => stopped?,
+        () = signals.received(interrupt) => {
+            let pending = wal.stats().pending_records;
+            warn!(pending_records = pending, "A second signal: exiting now, before the drain finished. The records still in the WAL are safe there and are delivered after the next start.");
+            return Err(anyhow!("stopped by a second signal while draining; {pending} records stay in the WAL"));
+        }
     }
+    Ok(ExitCode::SUCCESS)
 }

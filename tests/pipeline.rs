@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -346,18 +346,8 @@ async fn a_second_process_with_the_same_node_id_stops_the_first_instead_of_fenci
 
     // A's next transaction is fenced: A stops with an error instead of fencing B in turn.
     assert_eq!(post(&client(), &a, event_body("a1", "u")).await.status(), 200);
-    let exited = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = a.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    })
-    .await
-    .unwrap();
+    let (exited, _a) =
+        tokio::task::spawn_blocking(move || (exit_within(&mut a.child, Duration::from_secs(60)), a)).await.unwrap();
     let status = exited.expect("the fenced collector kept running");
     assert!(!status.success(), "a fenced collector exits with an error, not 0");
 
@@ -400,4 +390,122 @@ async fn a_raw_message_whose_row_kafka_refuses_is_dead_lettered_and_rows_keep_fl
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].value, poison, "the raw message travels to the dead-letter topic whole");
     assert!(dead[0].headers["collector-error"].contains("refuses"), "{:?}", dead[0].headers["collector-error"]);
+}
+
+/// `collector transform --node-id <node>` with `extra` flags; its log is kept, to tell why it
+/// stopped.
+fn spawn_transform(topics: &Topics, node: &str, extra: &[&str]) -> (std::process::Child, Arc<Mutex<String>>) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_collector"))
+        .arg("transform")
+        .args(topics.args("transform"))
+        .args(["--node-id", node])
+        .args(extra)
+        .env("COLLECTOR_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting collector transform");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (stderr, sink) = (child.stderr.take().unwrap(), log.clone());
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[transform] {line}");
+            sink.lock().unwrap().push_str(&line);
+        }
+    });
+    (child, log)
+}
+
+/// Waits up to `patience` for `child` to exit.
+fn exit_within(child: &mut std::process::Child, patience: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + patience;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// Two live workers under one node id share a `group.instance.id`: the broker fences the
+/// older member. It must stop with an error naming the cause, not poll a dead consumer
+/// forever. At-least-once, so no transactional producer fences it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_transform_worker_with_the_same_node_id_fences_the_first_which_stops_with_an_error() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let mut args = topics.args("serve");
+    args.extend(["--delivery-guarantee".into(), "at-least-once".into()]);
+    let c = Collector::start("serve", wal.path(), 0, &args);
+    let node = unique("w");
+    let at_least_once = ["--delivery-guarantee", "at-least-once"];
+
+    let (mut a, a_log) = spawn_transform(&topics, &node, &at_least_once);
+    assert_eq!(post(&client(), &c, event_body("a0", "u")).await.status(), 200);
+    assert_eq!(read(&brokers, &topics.transformed, 1, 0).await.len(), 1, "worker A delivers");
+
+    let (mut b, _b_log) = spawn_transform(&topics, &node, &at_least_once);
+    let exited = tokio::task::spawn_blocking(move || (exit_within(&mut a, Duration::from_secs(60)), a)).await;
+    let (status, mut a) = exited.unwrap();
+    let _ = a.kill();
+    let status = status.expect("the fenced worker kept running");
+    assert!(!status.success(), "a fenced worker exits with an error, not 0");
+    let log = a_log.lock().unwrap().clone();
+    assert!(log.contains("fenced") && log.contains("--node-id"), "the error names the cause: {log}");
+
+    // B owns the partitions now.
+    assert_eq!(post(&client(), &c, event_body("b1", "u")).await.status(), 200);
+    let rows = read(&brokers, &topics.transformed, 2, 1000).await;
+    assert!(rows.iter().any(|r| r.value.contains("\"b1\"")), "worker B delivers: {rows:?}");
+    let _ = b.kill();
+    let _ = b.wait();
+}
+
+/// `kill -TERM <pid>`, without waiting.
+fn sigterm(c: &Collector) {
+    let pid = c.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+}
+
+/// The drain after SIGTERM can take a while when Kafka is away; a second SIGTERM ends it at
+/// once, non-zero, and the undelivered records stay in the WAL for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_while_draining_exits_at_once_and_keeps_the_records_in_the_wal() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let mut down = topics.args("serve");
+    down[1] = format!("127.0.0.1:{}", free_port());
+    down.extend(["--drain-timeout-ms".into(), "120000".into()]);
+    let mut c = Collector::start("serve", wal.path(), 0, &down);
+    for i in 0..20 {
+        assert_eq!(post(&client(), &c, event_body(&format!("e{i}"), "u")).await.status(), 200);
+    }
+
+    sigterm(&c);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(c.child.try_wait().unwrap().is_none(), "the first SIGTERM drains (Kafka is away: for two minutes)");
+    let t0 = std::time::Instant::now();
+    sigterm(&c);
+    let (status, c) =
+        tokio::task::spawn_blocking(move || (exit_within(&mut c.child, Duration::from_secs(20)), c)).await.unwrap();
+    let status = status.expect("the second SIGTERM did not end the drain");
+    eprintln!("second SIGTERM: exited {status:?} after {:?}", t0.elapsed());
+    assert!(!status.success(), "an interrupted drain is not a clean exit");
+    drop(c);
+
+    let stats = std::process::Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(["wal", "stats", "--wal-dir"])
+        .arg(wal.path())
+        .output()
+        .unwrap();
+    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["pending_records"], 20, "{stats}");
+
+    let c = Collector::start("serve", wal.path(), 0, &topics.args("serve"));
+    assert_eq!(read(&brokers, &topics.raw, 20, 2000).await.len(), 20, "the next start delivers them, once");
+    drop(c);
 }

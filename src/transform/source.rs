@@ -3,23 +3,48 @@
 //!
 //! A batch during which the group rebalanced is dropped before anything is produced: its
 //! partitions restart from their committed offsets, wherever they are now assigned.
+//!
+//! # Static membership
+//! Each worker joins with `group.instance.id` = `collector-transform-<node id>`, unique per
+//! worker and kept across restarts. A worker restarted after a crash rejoins as the member it
+//! was and gets its partitions back at once; without it the group waits for the dead member's
+//! session to expire (librdkafka's default: 45 s) before anyone reads them. The price is paid
+//! by a member that never comes back, or is stopped on purpose (static members do not leave
+//! the group on close): its partitions wait for `session.timeout.ms`
+//! (`--transform-session-timeout-ms`), so that is kept short. A stuck worker thread is not
+//! what the session detects (librdkafka heartbeats from its own thread); `max.poll.interval.ms`
+//! does.
+//!
+//! A second live worker with the same instance id takes the membership over and the broker
+//! fences the older one (`FENCED_INSTANCE_ID`, fatal for a librdkafka consumer). The same error
+//! also comes spuriously after a broker restart (seen in `tests/outage.rs`; confluent-kafka-go
+//! #494), so the first fence only rebuilds the consumer and rejoins. Fenced again within
+//! [`FENCED_AGAIN_WINDOW`] means a live rival — the two would fence each other in a loop — and
+//! the worker stops with [`KafkaStageError::Fenced`], as it does when its producer is fenced.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
-use tracing::{info, warn};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tracing::{error, info, warn};
 
+use super::TransformOptions;
 use crate::kafka::{KafkaSettings, KafkaStageError, Offsets};
+use crate::node::NodeId;
 
 /// Where the worker's raw messages come from: a seam so the worker loop can be tested without
 /// Kafka.
 pub trait Source {
     /// Up to `max` messages, waiting at most `wait`; empty if the group rebalanced meanwhile.
-    fn poll_batch(&mut self, max: usize, wait: Duration) -> Vec<OwnedMessage>;
+    ///
+    /// # Errors
+    /// The source can never deliver again (the consumer failed fatally, e.g. fenced by another
+    /// worker with the same instance id): the stage must stop.
+    fn poll_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<OwnedMessage>, KafkaStageError>;
     /// The offsets after `batch`, with the group's metadata: what a transaction commits.
     fn offsets(&self, batch: &[OwnedMessage]) -> Offsets;
     /// Seeks back to the start of `batch`, so the next poll reads it again.
@@ -52,32 +77,86 @@ impl ConsumerContext for RebalanceWatch {
 /// The raw topic read as a member of the transform's consumer group, `read_committed`.
 pub struct KafkaSource {
     consumer: BaseConsumer<RebalanceWatch>,
+    /// To build the consumer again after a fence.
+    config: ClientConfig,
+    topic: String,
+    /// `group.instance.id`, named when the broker fences it.
+    instance_id: String,
+    /// When the broker last fenced this member: a second fence soon after means a rival.
+    fenced_at: Option<Instant>,
 }
 
+/// Fenced twice within this time: another live worker uses our instance id. A rival fences us
+/// again within a few heartbeats; a broker restart rarely comes twice in a minute.
+pub const FENCED_AGAIN_WINDOW: Duration = Duration::from_secs(60);
+
 impl KafkaSource {
-    /// Joins `group` and subscribes to the raw topic (from the earliest offset if the group is
-    /// new).
+    /// Joins the group of `options` as the static member `collector-transform-<node>` and
+    /// subscribes to the raw topic (from the earliest offset if the group is new).
     ///
     /// # Errors
     /// [`KafkaStageError`] for an invalid configuration or a refused subscription.
-    pub fn subscribe(kafka: &KafkaSettings, group: &str) -> Result<Self, KafkaStageError> {
-        let consumer: BaseConsumer<RebalanceWatch> = kafka
-            .client_config(&[
-                ("group.id", group),
-                ("enable.auto.commit", "false"),
-                ("auto.offset.reset", "earliest"),
-                ("isolation.level", "read_committed"),
-                ("enable.partition.eof", "false"),
-            ])
-            .create_with_context(RebalanceWatch::default())
-            .map_err(|e| KafkaStageError::Config(e.to_string()))?;
-        consumer.subscribe(&[&kafka.raw_topic])?;
-        Ok(KafkaSource { consumer })
+    pub fn subscribe(
+        kafka: &KafkaSettings,
+        options: &TransformOptions,
+        node: &NodeId,
+    ) -> Result<Self, KafkaStageError> {
+        // The worker's transactional.id is already unique per worker and kept across restarts.
+        let instance_id = node.transform_transactional_id();
+        let session_ms = options.session_timeout.as_millis() as u64;
+        let session_timeout = session_ms.to_string();
+        // Kafka's rule of thumb: at least three heartbeats per session, so one lost heartbeat
+        // does not evict a live worker (librdkafka's default interval is 3 s).
+        let heartbeat = (session_ms / 3).clamp(100, 3000).to_string();
+        let config = kafka.client_config(&[
+            ("group.id", &options.group_id),
+            ("group.instance.id", &instance_id),
+            ("session.timeout.ms", &session_timeout),
+            ("heartbeat.interval.ms", &heartbeat),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("isolation.level", "read_committed"),
+            ("enable.partition.eof", "false"),
+        ]);
+        let consumer = join(&config, &kafka.raw_topic)?;
+        Ok(KafkaSource { consumer, config, topic: kafka.raw_topic.clone(), instance_id, fenced_at: None })
+    }
+
+    /// After a fatal consumer error: a first fence rebuilds the consumer and rejoins; anything
+    /// else ends the stage.
+    fn recover(&mut self, error: KafkaError) -> Result<(), KafkaStageError> {
+        match self.consumer.client().fatal_error() {
+            Some((RDKafkaErrorCode::FencedInstanceId, _)) => {
+                if self.fenced_at.is_some_and(|at| at.elapsed() < FENCED_AGAIN_WINDOW) {
+                    return Err(KafkaStageError::Fenced(format!(
+                        "fenced: another transform worker joined the consumer group as {} (the same node id); give each worker its own --node-id",
+                        self.instance_id
+                    )));
+                }
+                warn!(instance_id = %self.instance_id, "The group fenced this worker's membership (a broker restart, or another worker with this node id); rejoining. Fenced again within a minute, it stops.");
+                self.fenced_at = Some(Instant::now());
+                self.consumer = join(&self.config, &self.topic)?;
+                Ok(())
+            }
+            Some((code, reason)) => {
+                error!(%reason, "The transform's consumer failed fatally.");
+                Err(KafkaStageError::Client(KafkaError::MessageConsumptionFatal(code)))
+            }
+            None => Err(KafkaStageError::Client(error)),
+        }
     }
 }
 
+/// A consumer of `config` subscribed to `topic`.
+fn join(config: &ClientConfig, topic: &str) -> Result<BaseConsumer<RebalanceWatch>, KafkaStageError> {
+    let consumer: BaseConsumer<RebalanceWatch> =
+        config.create_with_context(RebalanceWatch::default()).map_err(|e| KafkaStageError::Config(e.to_string()))?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}
+
 impl Source for KafkaSource {
-    fn poll_batch(&mut self, max: usize, wait: Duration) -> Vec<OwnedMessage> {
+    fn poll_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<OwnedMessage>, KafkaStageError> {
         let mut batch = Vec::new();
         let watch = self.consumer.context();
         watch.happened.store(false, Ordering::Release);
@@ -90,6 +169,12 @@ impl Source for KafkaSource {
             match self.consumer.poll(left) {
                 None => break,
                 Some(Ok(m)) => batch.push(BorrowedMessage::detach(&m)),
+                // This consumer is unusable for good; what it read is read again from the
+                // committed offsets by the next one.
+                Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
+                    self.recover(e)?;
+                    return Ok(Vec::new());
+                }
                 Some(Err(e)) => {
                     warn!(error = %e, "Consuming from the raw topic failed.");
                     break;
@@ -103,7 +188,7 @@ impl Source for KafkaSource {
             self.rewind(&batch);
             batch.clear();
         }
-        batch
+        Ok(batch)
     }
 
     fn offsets(&self, batch: &[OwnedMessage]) -> Offsets {

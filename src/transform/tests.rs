@@ -36,11 +36,11 @@ struct FakeSource {
 }
 
 impl Source for FakeSource {
-    fn poll_batch(&mut self, _max: usize, _wait: Duration) -> Vec<OwnedMessage> {
-        self.batches.pop_front().unwrap_or_else(|| {
+    fn poll_batch(&mut self, _max: usize, _wait: Duration) -> Result<Vec<OwnedMessage>, KafkaStageError> {
+        Ok(self.batches.pop_front().unwrap_or_else(|| {
             self.stop.stop_now();
             Vec::new()
-        })
+        }))
     }
 
     fn offsets(&self, batch: &[OwnedMessage]) -> Offsets {
@@ -76,6 +76,7 @@ fn run(batches: Vec<Vec<OwnedMessage>>, outbox: &mut FakeOutbox) -> (Result<(), 
     let kafka = KafkaSettings::for_tests("127.0.0.1:1");
     let options = TransformOptions {
         group_id: "g".into(),
+        session_timeout: Duration::from_secs(10),
         batch_messages: 100,
         batch_wait: Duration::from_millis(10),
         producer: ProducerOptions {

@@ -30,6 +30,9 @@ use rdkafka::message::{Message, OwnedMessage};
 pub struct TransformOptions {
     /// Consumer group; every worker with the same group shares the raw topic's partitions.
     pub group_id: String,
+    /// Consumer `session.timeout.ms`: how long the partitions of a worker that died (and was
+    /// not restarted) wait before the group hands them to another.
+    pub session_timeout: Duration,
     /// Most raw messages per batch (and per transaction).
     pub batch_messages: usize,
     /// How long to wait for a batch to fill.
@@ -72,8 +75,21 @@ fn run(
     if !created {
         return Ok(());
     }
-    let mut source = KafkaSource::subscribe(kafka, &options.group_id)?;
     let mut outbox = outbox::open(kafka, kafka.guarantee, node.transform_transactional_id(), &options.producer);
+    // The producer first: its init_transactions fences a crashed predecessor and aborts the
+    // transaction it left open. Until then that transaction's pending offsets keep our
+    // partitions' committed offsets unreadable (read_committed) and its rows hold back readers
+    // of the transformed topic: joining first would wait for the broker's transaction timeout.
+    while let Err(e) = outbox.connect() {
+        if e.is_permanent() {
+            return Err(e.into());
+        }
+        warn!(error = %e, "Cannot initialise the transform's producer yet; retrying.");
+        if backoff.pause(runtime, stop) {
+            return Ok(());
+        }
+    }
+    let mut source = KafkaSource::subscribe(kafka, options, node)?;
     info!(group = %options.group_id, topic = %kafka.raw_topic, guarantee = ?kafka.guarantee, "Transform worker started.");
     Worker { kafka, options, runtime, stop, outbox: outbox.as_mut(), source: &mut source }.run()?;
     info!("Transform worker stopped.");
@@ -95,7 +111,7 @@ impl Worker<'_> {
         let mut transformer = Transformer::default();
         let mut poisoned = Poisoned::default();
         while !self.stop.requested() {
-            let batch = self.source.poll_batch(self.options.batch_messages, self.options.batch_wait);
+            let batch = self.source.poll_batch(self.options.batch_messages, self.options.batch_wait)?;
             if batch.is_empty() {
                 continue;
             }

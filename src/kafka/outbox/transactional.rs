@@ -27,7 +27,10 @@ pub struct TxnTimeouts {
     /// librdkafka `transaction.timeout.ms`: the broker aborts a transaction open longer than
     /// this, which bounds how long a crashed producer can stall `read_committed` readers.
     pub transaction_ms: u64,
-    /// How long one transactional call (init, send offsets, commit, abort) may block.
+    /// How long one transactional call (init, send offsets, commit, abort) may block
+    /// (`--kafka-call-timeout-ms`, validated below the transaction timeout). A commit or an
+    /// abort retried after a retriable failure spends at most [`RETRY_BUDGET_CALLS`] of these
+    /// in all, so no Kafka call keeps a stage from its loop (and its stop signal) for minutes.
     pub operation: Duration,
 }
 
@@ -181,42 +184,75 @@ impl Outbox for TransactionalOutbox {
     }
 }
 
+/// How many call timeouts ([`TxnTimeouts::operation`]) a commit, or an abort, may spend in all,
+/// retries and pauses included. A retriable failure that outlasts this is Kafka being away, not
+/// a hiccup: the batch is aborted (or the producer replaced) and redone later, which loses
+/// nothing, while the stage gets back to its loop instead of blocking for minutes (before:
+/// 20 retries of a call that could block for the whole transaction timeout each).
+pub const RETRY_BUDGET_CALLS: u32 = 3;
+
+/// When the retries of a call that began now must have ended.
+fn retry_deadline(timeout: Duration) -> Instant {
+    Instant::now() + timeout * RETRY_BUDGET_CALLS
+}
+
+/// Whether another call of up to `timeout`, after a pause of `pause`, still ends by `deadline`.
+fn another_call_fits(deadline: Instant, pause: Duration, timeout: Duration) -> bool {
+    Instant::now() + pause + timeout <= deadline
+}
+
 /// Commits the open transaction, repeating the call while librdkafka says it is retriable
-/// (a retriable commit may or may not have happened; only a repeated commit tells).
+/// (a retriable commit may or may not have happened; only a repeated commit tells), for at
+/// most [`RETRY_BUDGET_CALLS`] call timeouts. A commit still failing retriably then is
+/// reported abortable: the caller aborts, which settles the transaction either way.
 fn commit(producer: &TrackingProducer, timeout: Duration) -> Result<(), TxnFailure> {
+    let deadline = retry_deadline(timeout);
     let mut attempts = 0;
     let mut backoff = Backoff::new(Duration::from_secs(2));
     loop {
         match producer.commit_transaction(timeout).map_err(classify) {
             Ok(()) => return Ok(()),
-            Err(TxnFailure::Retriable(e)) if attempts < 20 => {
+            Err(TxnFailure::Retriable(e)) => {
                 attempts += 1;
+                let pause = backoff.next_delay();
+                if !another_call_fits(deadline, pause, timeout) {
+                    warn!(error = %e, attempts, "Committing a transaction kept failing retriably; aborting it instead.");
+                    return Err(TxnFailure::Abortable(e));
+                }
                 warn!(error = %e, attempts, "Committing a transaction failed retriably; trying again.");
-                std::thread::sleep(backoff.next_delay());
+                std::thread::sleep(pause);
             }
-            Err(TxnFailure::Retriable(e)) => return Err(TxnFailure::Abortable(e)),
             Err(other) => return Err(other),
         }
     }
 }
 
-/// Aborts the open transaction. Returns false when the producer must be replaced instead.
+/// Aborts the open transaction. Returns false when the producer must be replaced instead:
+/// after a non-retriable failure, or retriable ones for [`RETRY_BUDGET_CALLS`] call timeouts.
 ///
 /// librdkafka completes an abort only once every outstanding message's delivery report was
 /// served, and rust-rdkafka's `abort_transaction` (unlike its commit) does not serve them: an
 /// abort with messages in flight would time out. So what is outstanding is purged (the abort
 /// would purge it anyway) and the reports are served first.
 fn abort(producer: &TrackingProducer, timeout: Duration) -> bool {
+    let deadline = retry_deadline(timeout);
     producer.purge(PurgeConfig::default().queue().inflight());
     let _ = producer.flush(Duration::from_millis(500));
     let mut backoff = Backoff::new(Duration::from_secs(2));
-    for attempt in 1..=5 {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         match producer.abort_transaction(timeout).map_err(classify) {
             Ok(()) => return true,
             Err(TxnFailure::Retriable(e)) => {
+                let pause = backoff.next_delay();
+                if !another_call_fits(deadline, pause, timeout) {
+                    warn!(error = %e, attempt, "Aborting a transaction kept failing retriably; the producer will be replaced.");
+                    return false;
+                }
                 warn!(error = %e, attempt, "Aborting a transaction failed retriably; trying again.");
                 // Serve delivery reports while waiting, so the next attempt can complete.
-                producer.poll(backoff.next_delay());
+                producer.poll(pause);
             }
             Err(e) => {
                 warn!(error = ?e, "Aborting a transaction failed; the producer will be replaced.");
@@ -224,7 +260,6 @@ fn abort(producer: &TrackingProducer, timeout: Duration) -> bool {
             }
         }
     }
-    false
 }
 
 #[cfg(test)]
@@ -240,5 +275,37 @@ mod tests {
         assert!(!fenced_by_rival(fenced, Duration::from_secs(61), 60_000));
         assert!(!fenced_by_rival(Some(RDKafkaErrorCode::InvalidTransactionalState), Duration::ZERO, 60_000));
         assert!(!fenced_by_rival(None, Duration::ZERO, 60_000));
+    }
+
+    /// A producer in an open transaction with one message, on a mock cluster whose transaction
+    /// coordinator answers `EndTxn` with a retriable error for good.
+    fn stuck_commit(
+    ) -> (rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>, TrackingProducer) {
+        use rdkafka::producer::BaseRecord;
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("out", 1, 1).unwrap();
+        let producer: TrackingProducer = KafkaSettings::for_tests(&mock.bootstrap_servers())
+            .client_config(&[("transactional.id", "stuck"), ("linger.ms", "0")])
+            .create_with_context(TrackingContext::default())
+            .unwrap();
+        producer.init_transactions(Duration::from_secs(10)).unwrap();
+        producer.begin_transaction().unwrap();
+        producer.send(BaseRecord::<[u8], [u8], usize>::with_opaque_to("out", 0).payload(b"x")).unwrap();
+        mock.request_errors(RDKafkaApiKey::EndTxn, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS; 1000]);
+        (mock, producer)
+    }
+
+    #[test]
+    fn a_commit_that_keeps_failing_retriably_gives_up_within_its_budget() {
+        let (_mock, producer) = stuck_commit();
+        let call = Duration::from_millis(300);
+        let started = Instant::now();
+        let result = commit(&producer, call);
+        let took = started.elapsed();
+        assert!(matches!(result, Err(TxnFailure::Abortable(_))), "{result:?}");
+        // The budget is three calls, 0.9 s; the generous bound only tells a budget from the old
+        // 20 retries with pauses of up to 2 s (about 40 s).
+        assert!(took < Duration::from_secs(4), "took {took:?}");
     }
 }
