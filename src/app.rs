@@ -129,6 +129,8 @@ impl Pipeline {
             started: Instant::now(),
             metrics: crate::telemetry::install(),
             flush: flush_status,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
+            reserved_bytes: Default::default(),
         });
         info!(%addr, %node, guarantee = ?config.kafka.guarantee, transform = worker.is_some(), "Collector listening.");
         let stages = Stages { flusher, worker, drain, transform_stop };
@@ -215,7 +217,7 @@ async fn serve_then_drain(
         signal_state.draining.store(true, Ordering::Release);
         info!("Shutting down: no new requests; finishing in-flight ones.");
     };
-    ingest::serve(listener, app, config.server.header_timeout, config.server.shutdown_grace, signal).await;
+    ingest::serve(listener, app, &config.server, signal).await;
     drop(state);
     info!(
         timeout_ms = config.drain_timeout.as_millis() as u64,

@@ -100,6 +100,14 @@ pub struct IngestArgs {
     /// into every row: this bounds the amplification).
     #[arg(long, env = "COLLECTOR_MAX_ROW_BYTES_PER_REQUEST", default_value_t = 4 << 20)]
     pub max_row_bytes_per_request: usize,
+    /// Most open HTTP connections; one more is answered `503 too_many_connections` and closed.
+    #[arg(long, env = "COLLECTOR_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Most `/collect` requests in flight (being read, validated or written); one more is
+    /// answered `503 overloaded`. With --max-body-bytes it bounds the memory bodies can hold
+    /// (default: 256 × 900,000 bytes ≈ 230 MB).
+    #[arg(long, env = "COLLECTOR_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
     /// A client must send its whole body within this time.
     #[arg(long, env = "COLLECTOR_BODY_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_timeout_ms: u64,
@@ -394,6 +402,8 @@ impl ServeArgs {
                 header_timeout: Duration::from_millis(positive("--header-timeout-ms", i.header_timeout_ms)?),
                 shutdown_grace: Duration::from_millis(i.shutdown_grace_ms),
                 max_wal_bytes: self.wal.wal_max_mib * MIB,
+                max_connections: positive("--max-connections", i.max_connections as u64)? as usize,
+                max_in_flight: positive("--max-in-flight", i.max_in_flight as u64)? as usize,
             },
             wal: WalConfig {
                 dir: self.wal.wal_dir.clone(),

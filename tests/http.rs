@@ -238,3 +238,94 @@ async fn requests_that_would_stall_or_flood_downstream_are_refused_at_the_door()
     let (status, json) = post(&c, &[JSON], SEED_SAMPLE).await;
     assert_eq!((status, json["seq"].as_u64()), (200, Some(1)), "nothing refused was stored; the next request is fine");
 }
+
+/// Resident memory of a process, in bytes (Linux).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_cannot_hold_unbounded_memory_or_leave_others_unanswered() {
+    const IN_FLIGHT: u64 = 8;
+    const BODY: usize = 800_000;
+    // SLOW_TEST_MAX_IN_FLIGHT=1000 shows what the limit prevents (the assertion then fails).
+    let in_flight = std::env::var("SLOW_TEST_MAX_IN_FLIGHT").unwrap_or_else(|_| IN_FLIGHT.to_string());
+    let (c, _wal) = start(&["--max-in-flight", &in_flight, "--max-connections", "200", "--body-timeout-ms", "60000"]);
+    let (status, _) = post(&c, &[JSON], SEED_SAMPLE).await;
+    assert_eq!(status, 200);
+    let before = rss_bytes(c.child.id());
+
+    // 150 clients each announce an 800 KB body, send 700 KB of it, and stall.
+    let addr = c.addr;
+    let slow = tokio::task::spawn_blocking(move || {
+        let head = format!(
+            "POST /collect HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {BODY}\r\n\r\n"
+        );
+        let chunk = vec![b' '; 700_000];
+        (0..150)
+            .filter_map(|_| {
+                let mut s = TcpStream::connect(addr).ok()?;
+                s.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+                // Refused connections (over --max-connections) fail the write; keep the others.
+                let sent = s.write_all(head.as_bytes()).and_then(|()| s.write_all(&chunk));
+                sent.is_ok().then_some(s)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let during = rss_bytes(c.child.id());
+    // What the in-flight bodies may hold, and room for the connections' own buffers.
+    let bound = IN_FLIGHT * BODY as u64 + 24 * 1024 * 1024;
+    eprintln!(
+        "RSS before {:.1} MiB, with {} stalled 800 KB uploads {:.1} MiB (growth {:.1} MiB; asserted bound {:.1} MiB)",
+        before as f64 / 1048576.0,
+        slow.len(),
+        during as f64 / 1048576.0,
+        during.saturating_sub(before) as f64 / 1048576.0,
+        bound as f64 / 1048576.0
+    );
+    assert!(during.saturating_sub(before) < bound, "memory grew by {} bytes", during - before);
+
+    // A normal client gets an answer at once: the in-flight slots are taken, so 503 overloaded.
+    let (status, json) = post(&c, &[JSON], SEED_SAMPLE).await;
+    assert_eq!((status, json["error"]["code"].as_str()), (503, Some("overloaded")), "{json}");
+
+    // Once the slow clients are gone, requests go through again.
+    drop(slow);
+    let mut ok = false;
+    for _ in 0..50 {
+        if post(&c, &[JSON], SEED_SAMPLE).await.0 == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the collector recovered once the slow clients left");
+
+    // 200 idle connections hold every slot: one more is told so at once, not left hanging.
+    let idle: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("too_many_connections"), "{answer:?}");
+    drop(idle);
+}

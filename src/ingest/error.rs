@@ -39,6 +39,8 @@ pub enum IngestError {
     WalFull,
     #[error("the collector is shutting down; retry against another instance or later")]
     Draining,
+    #[error("too many requests in flight; retry later")]
+    Overloaded,
     #[error("{0}")]
     Wal(WalError),
     #[error("no route for {0}")]
@@ -62,6 +64,7 @@ impl IngestError {
             IngestError::IdempotencyKeyReused => "idempotency_key_reused",
             IngestError::WalFull => "wal_full",
             IngestError::Draining => "draining",
+            IngestError::Overloaded => "overloaded",
             IngestError::Wal(e) if e.is_retryable() => "wal_unavailable",
             IngestError::Wal(_) => "wal_error",
             IngestError::NotFound(_) => "not_found",
@@ -83,7 +86,7 @@ impl IngestError {
             IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             IngestError::BadIdempotencyKey(_) => StatusCode::BAD_REQUEST,
             IngestError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            IngestError::Draining | IngestError::WalFull => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Draining | IngestError::WalFull | IngestError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Wal(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Wal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             IngestError::NotFound(_) => StatusCode::NOT_FOUND,

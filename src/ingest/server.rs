@@ -17,10 +17,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use super::state::IngestState;
+use super::state::{IngestState, ServerOptions};
 use super::{body, status, validate, IngestError};
 use crate::wal::record::{self, Entry};
 use crate::wal::{Appended, IdempotencyKey};
@@ -68,12 +69,16 @@ async fn collect(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, IngestError> {
-    // Backpressure: the WAL quota is a soft limit, checked before the body is read; requests
-    // already past this point may overshoot it by at most one group commit.
+    // Backpressure before anything is read: a bounded number of requests in flight (each holds
+    // at most one body), and the WAL quota.
+    let _in_flight = state.in_flight.clone().try_acquire_owned().map_err(|_| IngestError::Overloaded)?;
     if let Some(unready) = state.unready() {
         return Err(unready.into());
     }
     let raw = body::read(&headers, body, state.options.body).await?;
+    // The quota again, now that the size is known, reserved until the append is done: many
+    // requests arriving together cannot overshoot it.
+    let _reservation = state.reserve(raw.len())?;
     // simd-json rewrites its input: validate a scratch copy, store the original bytes.
     let mut scratch = raw.to_vec();
     let events = validate::validate(&raw, &mut scratch, &state.options.limits).map_err(IngestError::Invalid)?;
@@ -101,15 +106,28 @@ async fn method_not_allowed() -> IngestError {
     IngestError::MethodNotAllowed
 }
 
+/// The answer to a connection over `--max-connections`.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 92\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many open connections; retry later\"}}";
+
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
 /// requests finish (up to `grace`) and returns.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    header_timeout: Duration,
-    grace: Duration,
+    options: &ServerOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let (header_timeout, grace) = (options.header_timeout, options.shutdown_grace);
+    let connections = Arc::new(Semaphore::new(options.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -124,6 +142,12 @@ pub async fn serve(
                 }
             },
             () = &mut shutdown => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Answered and closed at once: a flood of connections costs no more than this.
+            crate::telemetry::request_rejected("too_many_connections");
+            tokio::spawn(refuse_connection(stream));
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
@@ -141,6 +165,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 debug!(%peer, error = %e, "A connection ended with an error.");
             }
+            drop(permit);
         });
     }
     drop(listener);

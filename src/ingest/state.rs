@@ -1,11 +1,12 @@
 //! What the handlers share: the WAL writer, settings, live status, and whether this collector
 //! should take traffic right now.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
 
 use super::body::BodyLimits;
 use super::validate::EventLimits;
@@ -26,6 +27,11 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// WAL quota: above this many bytes of undelivered segments, `/collect` answers 503.
     pub max_wal_bytes: u64,
+    /// Most open connections; one more is answered `503 too_many_connections` and closed.
+    pub max_connections: usize,
+    /// Most `/collect` requests being read, validated or written at once; one more is answered
+    /// `503 overloaded`. With the body limit it bounds the memory requests can hold.
+    pub max_in_flight: usize,
 }
 
 /// Shared state of the handlers.
@@ -40,6 +46,40 @@ pub struct IngestState {
     pub started: Instant,
     pub metrics: PrometheusHandle,
     pub flush: Arc<FlushStatus>,
+    /// Permits for `/collect` requests in flight (`max_in_flight`).
+    pub in_flight: Arc<Semaphore>,
+    /// Bytes of bodies read but not yet in the WAL: counted against the quota, so requests
+    /// arriving together cannot overshoot it.
+    pub reserved_bytes: AtomicU64,
+}
+
+impl IngestState {
+    /// Reserves `bytes` of the WAL quota for a body about to be appended; the reservation ends
+    /// when the guard is dropped (the record is then counted by the WAL itself).
+    ///
+    /// # Errors
+    /// [`IngestError::WalFull`] if the body does not fit the quota now.
+    pub fn reserve(&self, bytes: usize) -> Result<Reservation<'_>, IngestError> {
+        let bytes = bytes as u64;
+        let before = self.reserved_bytes.fetch_add(bytes, Ordering::AcqRel);
+        if self.log.live_bytes() + before + bytes > self.options.max_wal_bytes {
+            self.reserved_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(IngestError::WalFull);
+        }
+        Ok(Reservation { state: self, bytes })
+    }
+}
+
+/// A share of the WAL quota held by one request until its append is done.
+pub struct Reservation<'a> {
+    state: &'a IngestState,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.state.reserved_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// Why the collector should not get traffic right now.
@@ -76,7 +116,7 @@ impl IngestState {
     pub fn unready(&self) -> Option<Unready> {
         if self.draining.load(Ordering::Acquire) {
             Some(Unready::Draining)
-        } else if self.log.live_bytes() >= self.options.max_wal_bytes {
+        } else if self.log.live_bytes() + self.reserved_bytes.load(Ordering::Acquire) >= self.options.max_wal_bytes {
             Some(Unready::WalFull)
         } else {
             None
