@@ -94,7 +94,7 @@ impl Pipeline {
     /// [`AppError`] if the WAL cannot be opened or the address cannot be bound. An unreachable
     /// Kafka is not an error: ingest works and the flusher retries.
     pub async fn start(config: PipelineConfig) -> Result<Pipeline, AppError> {
-        let (log, node) = open_wal(&config)?;
+        let (log, node, wal_id) = open_wal(&config)?;
         let listener =
             TcpListener::bind(config.listen).await.map_err(|source| AppError::Bind { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: config.listen, source })?;
@@ -111,6 +111,7 @@ impl Pipeline {
             options: config.flush.clone(),
             status: flush_status.clone(),
             node: node.clone(),
+            wal_id,
         }
         .spawn(runtime.clone(), drain_stop);
         let flusher = watch_stage(flusher, "flusher", shutdown.clone());
@@ -172,8 +173,9 @@ impl Pipeline {
     }
 }
 
-/// Opens the WAL and settles the node id: `--node-id`, or the one the WAL stores.
-fn open_wal(config: &PipelineConfig) -> Result<(Arc<dyn LogStore>, NodeId), AppError> {
+/// Opens the WAL and settles the node id (`--node-id`, or the one the WAL stores) and the
+/// WAL's own identity.
+fn open_wal(config: &PipelineConfig) -> Result<(Arc<dyn LogStore>, NodeId, String), AppError> {
     let sled_log = SledLog::open(
         &config.wal.dir,
         LogOptions {
@@ -189,7 +191,8 @@ fn open_wal(config: &PipelineConfig) -> Result<(Arc<dyn LogStore>, NodeId), AppE
             NodeId::parse(&stored).map_err(|e| WalError::Storage(format!("the node id stored in the WAL: {e}")))?
         }
     };
-    Ok((Arc::new(sled_log), node))
+    let wal_id = sled_log.wal_id()?;
+    Ok((Arc::new(sled_log), node, wal_id))
 }
 
 /// The stages behind ingest, and how to stop them.

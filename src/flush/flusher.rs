@@ -11,7 +11,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use super::position::{KafkaPositions, PositionStore};
+use super::position::{Committed, KafkaPositions, PositionStore};
 use super::status::FlushStatus;
 use crate::kafka::outbox::{self, Outcome};
 use crate::kafka::ProducerOptions;
@@ -43,6 +43,9 @@ pub struct Flusher {
     pub status: Arc<FlushStatus>,
     /// Names the producer, the position group and the `collector-node` header.
     pub node: NodeId,
+    /// This WAL's identity, committed with the position: a position another WAL committed
+    /// under the same node id stops the flusher instead of being acknowledged.
+    pub wal_id: String,
 }
 
 impl Flusher {
@@ -65,7 +68,7 @@ impl Flusher {
         let positions = match self.kafka.guarantee {
             Guarantee::ExactlyOnce => {
                 topics.push(self.kafka.positions_topic.as_str());
-                Some(KafkaPositions::new(&self.kafka, &self.node, self.options.producer.txn.operation)?)
+                Some(KafkaPositions::new(&self.kafka, &self.node, &self.wal_id, self.options.producer.txn.operation)?)
             }
             Guarantee::AtLeastOnce => None,
         };
@@ -185,8 +188,15 @@ impl FlushLoop<'_> {
     /// it by the batch committed just before a crash). `None` if the deadline passed first.
     fn resume(&mut self) -> Result<Option<u64>, KafkaStageError> {
         let next = self.flusher.log.stats().delivered_through + 1;
+        // Before our producer exists, and so before it fences anyone: a position another WAL
+        // committed under this node id means another collector uses it (or this directory
+        // replaced its WAL). Refuse to run, leaving that collector alone. (If the position
+        // cannot be read yet, the check after `connect` makes it.)
+        if let Some(Ok(Some(committed))) = self.positions.map(|p| p.peek()) {
+            self.check_owner(&committed)?;
+        }
         let Some(committed) = self.connect()? else { return Ok(None) };
-        Ok(Some(self.adopt(next, committed, Limit::WalOpened(self.flusher.log.opened_next_seq()))))
+        self.adopt(next, committed, Limit::WalOpened(self.flusher.log.opened_next_seq())).map(Some)
     }
 
     /// Delivers one batch, `records` = `next..=last`. Returns where to go on, or `None` if
@@ -227,14 +237,17 @@ impl FlushLoop<'_> {
             Outcome::GaveUp => Ok(None),
             // The batch may have committed after all: the new producer settled it, and the
             // committed position says. Only this batch can have been committed behind our back.
-            Outcome::Uncertain => Ok(self.connect()?.map(|committed| self.adopt(next, committed, Limit::Batch(last)))),
+            Outcome::Uncertain => match self.connect()? {
+                Some(committed) => self.adopt(next, committed, Limit::Batch(last)).map(Some),
+                None => Ok(None),
+            },
         }
     }
 
     /// Connects the outbox and reads the committed position, retrying until the deadline:
     /// `Some(position)` (itself `None` when nothing was ever committed, or at-least-once), or
     /// `None` if the deadline passed first.
-    fn connect(&mut self) -> Result<Option<Option<u64>>, KafkaStageError> {
+    fn connect(&mut self) -> Result<Option<Option<Committed>>, KafkaStageError> {
         loop {
             if self.stop.expired() {
                 return Ok(None);
@@ -259,8 +272,17 @@ impl FlushLoop<'_> {
 
     /// Where to go on from `next` given Kafka's committed position: skip (and acknowledge)
     /// what Kafka already has, but never trust a position this WAL cannot have produced.
-    fn adopt(&self, next: u64, committed: Option<u64>, limit: Limit) -> u64 {
-        match (committed, limit) {
+    ///
+    /// # Errors
+    /// [`KafkaStageError::ForeignPosition`]: another WAL committed the position under this node
+    /// id. Acknowledging up to it would drop records this WAL never sent; sending would mix two
+    /// WALs' numbers in one position. An operator must give each WAL its own `--node-id`.
+    fn adopt(&self, next: u64, committed: Option<Committed>, limit: Limit) -> Result<u64, KafkaStageError> {
+        if let Some(c) = &committed {
+            self.check_owner(c)?;
+        }
+        // Positions committed before WALs carried an identity: the old checks.
+        Ok(match (committed.map(|c| c.next), limit) {
             (Some(position), Limit::WalOpened(opened_next)) if position > opened_next => {
                 error!(
                     kafka = position,
@@ -284,6 +306,17 @@ impl FlushLoop<'_> {
                 position
             }
             _ => next,
+        })
+    }
+
+    /// A position another WAL committed under this node id is an error (see [`Self::adopt`]).
+    fn check_owner(&self, committed: &Committed) -> Result<(), KafkaStageError> {
+        match &committed.wal_id {
+            Some(owner) if *owner != self.flusher.wal_id => Err(KafkaStageError::ForeignPosition(format!(
+                "Kafka's committed position for node id {} ({}) was committed by another WAL ({owner}; this one is {}): two WAL directories share this node id. Give each its own --node-id; nothing was acknowledged",
+                self.flusher.node, committed.next, self.flusher.wal_id
+            ))),
+            _ => Ok(()),
         }
     }
 

@@ -11,7 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::flusher::FlushLoop;
-use super::position::PositionStore;
+use super::position::{Committed, PositionStore};
 use super::*;
 use crate::kafka::outbox::fake::{FakeOutbox, Step};
 use crate::kafka::{KafkaSettings, KafkaStageError, Offsets, OutboxError, ProducerOptions, TxnTimeouts};
@@ -21,18 +21,32 @@ use crate::wal::record::{self, Entry};
 use crate::wal::{LogOptions, LogStore, SledLog};
 
 /// A position store that answers `committed` from a script (the last answer repeats).
-struct FakePositions(Mutex<VecDeque<Option<u64>>>);
+struct FakePositions(Mutex<VecDeque<Option<Committed>>>);
+
+/// The identity of the harness's WAL.
+const WAL_ID: &str = "wal-1";
 
 impl FakePositions {
+    /// Positions committed by this WAL.
     fn new(answers: &[Option<u64>]) -> Self {
-        FakePositions(Mutex::new(answers.iter().copied().collect()))
+        Self::committed_by(Some(WAL_ID), answers)
+    }
+
+    /// Positions committed by the WAL `owner` (`None`: before WALs had an identity).
+    fn committed_by(owner: Option<&str>, answers: &[Option<u64>]) -> Self {
+        let commit = |next: u64| Committed { next, wal_id: owner.map(str::to_string) };
+        FakePositions(Mutex::new(answers.iter().map(|a| a.map(commit)).collect()))
     }
 }
 
 impl PositionStore for FakePositions {
-    fn committed(&self) -> Result<Option<u64>, KafkaError> {
+    fn peek(&self) -> Result<Option<Committed>, KafkaError> {
+        Ok(self.0.lock().unwrap().front().expect("a scripted answer").clone())
+    }
+
+    fn committed(&self) -> Result<Option<Committed>, KafkaError> {
         let mut answers = self.0.lock().unwrap();
-        let answer = *answers.front().expect("a scripted answer");
+        let answer = answers.front().expect("a scripted answer").clone();
         if answers.len() > 1 {
             answers.pop_front();
         }
@@ -105,6 +119,7 @@ fn harness(records: u64) -> Harness {
         },
         status: Arc::new(FlushStatus::default()),
         node: NodeId::parse("node-1").unwrap(),
+        wal_id: WAL_ID.into(),
     };
     Harness { _dir: dir, log, _durable_tx: durable_tx, flusher, runtime: tokio::runtime::Runtime::new().unwrap() }
 }
@@ -248,11 +263,23 @@ fn kafkas_position_skips_what_kafka_has_but_never_what_this_wal_did_not_send() {
     assert_eq!(outbox.committed[0].messages.len(), 1, "only record 3 is sent");
     assert_eq!(h.delivered_through(), 3);
 
-    // A position beyond every number this WAL handed out belongs to another WAL: ignored.
+    // A position without a WAL identity (committed before WALs had one) beyond every number
+    // this WAL handed out belongs to another WAL: ignored.
     let h = harness(3);
     let mut outbox = FakeOutbox::new(vec![]);
-    h.drain(&mut outbox, Some(&FakePositions::new(&[Some(100)])), LONG).unwrap();
+    h.drain(&mut outbox, Some(&FakePositions::committed_by(None, &[Some(100)])), LONG).unwrap();
     assert_eq!(outbox.committed[0].messages.len(), 3, "all of this WAL's records are sent");
+}
+
+#[test]
+fn a_position_another_wal_committed_under_this_node_id_stops_the_flusher_without_acknowledging() {
+    let h = harness(3);
+    let mut outbox = FakeOutbox::new(vec![]);
+    // Even a position that looks plausible (2: "records 1 is in Kafka") is not trusted.
+    let result = h.drain(&mut outbox, Some(&FakePositions::committed_by(Some("another-wal"), &[Some(2)])), LONG);
+    assert!(matches!(&result, Err(KafkaStageError::ForeignPosition(m)) if m.contains("another-wal")), "{result:?}");
+    assert!(outbox.attempts.is_empty(), "nothing was sent");
+    assert_eq!(h.delivered_through(), 0, "nothing was acknowledged");
 }
 
 #[test]

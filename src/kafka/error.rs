@@ -14,6 +14,9 @@ pub enum KafkaStageError {
     Client(#[from] KafkaError),
     #[error("creating topic {topic} failed: {reason}")]
     CreateTopic { topic: String, reason: String },
+    /// The committed position belongs to another WAL under the same node id.
+    #[error("{0}")]
+    ForeignPosition(String),
     /// The WAL could not be read, again and again: a storage fault an operator must look at.
     #[error("the WAL cannot be read: {0}")]
     Wal(String),
@@ -35,6 +38,12 @@ impl From<super::OutboxError> for KafkaStageError {
 
 impl KafkaStageError {
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, KafkaStageError::Config(_) | KafkaStageError::Fenced(_) | KafkaStageError::Wal(_))
+        !matches!(
+            self,
+            KafkaStageError::Config(_)
+                | KafkaStageError::Fenced(_)
+                | KafkaStageError::Wal(_)
+                | KafkaStageError::ForeignPosition(_)
+        )
     }
 }

@@ -25,6 +25,8 @@ pub(super) const IDEMPOTENCY_PREFIX: &[u8] = b"idem/";
 pub(super) const DELIVERED_KEY: &[u8] = b"delivered_through";
 /// In `meta`: this WAL's generated node id (UTF-8).
 pub(super) const NODE_ID_KEY: &[u8] = b"node_id";
+/// In `meta`: this WAL's identity, 16 hex digits, committed with its position in Kafka.
+pub(super) const WAL_ID_KEY: &[u8] = b"wal_id";
 /// In `meta`: `lost/<first>` → last `u64`: a range of durable records sled no longer had at open.
 pub(super) const LOST_PREFIX: &[u8] = b"lost/";
 /// In `meta`: `segbytes/<first_seq>` → bytes of a segment, so opening needs no scan.

@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use super::idempotency::{self, IdempotencyKey, KeyIndex, KeyRecord};
 use super::keys::{
     aside_key, key_to_seq, segment_bytes_key, segment_name, DELIVERED_KEY, META_TREE, NODE_ID_KEY, QUARANTINE_TREE,
+    WAL_ID_KEY,
 };
 use super::record::{self, FrameError};
 use super::recovery::{self, Loss, Recovery, RecoveryMode};
@@ -501,18 +502,40 @@ impl SledLog {
     /// # Errors
     /// [`WalError::Storage`] if sled cannot read or write `meta`.
     pub fn node_id(&self, host: &str) -> Result<String, WalError> {
-        if let Some(id) = self.meta.get(NODE_ID_KEY)? {
+        self.stored_or_new(NODE_ID_KEY, || format!("{host}-{:08x}", random_u64() as u32))
+    }
+
+    /// This WAL's identity: 16 hex digits generated the first time it is asked for and stored
+    /// in `meta`. Unlike the node id it cannot be set from outside, so it tells this WAL (and
+    /// copies of it) from any other under the same node id: the flusher commits it with its
+    /// position in Kafka and refuses a position committed by another WAL.
+    ///
+    /// # Errors
+    /// [`WalError::Storage`] if sled cannot read or write `meta`.
+    pub fn wal_id(&self) -> Result<String, WalError> {
+        self.stored_or_new(WAL_ID_KEY, || format!("{:016x}", random_u64()))
+    }
+
+    /// The value of `key` in `meta`, or `new()` stored there (durably) first.
+    fn stored_or_new(&self, key: &[u8], new: impl FnOnce() -> String) -> Result<String, WalError> {
+        if let Some(id) = self.meta.get(key)? {
             return Ok(String::from_utf8_lossy(&id).into_owned());
         }
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-        h.write_u32(std::process::id());
-        let id = format!("{host}-{:08x}", h.finish() as u32);
-        self.meta.insert(NODE_ID_KEY, id.as_bytes())?;
+        let id = new();
+        self.meta.insert(key, id.as_bytes())?;
         self.db.flush()?;
         Ok(id)
     }
+}
+
+/// 64 bits that differ between processes and instants (std's per-process random hash keys,
+/// the time and the pid), enough to tell WALs apart.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// Result of [`SledLog::verify`].

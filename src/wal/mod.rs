@@ -32,9 +32,12 @@
 //!   The segment with the highest `first_seq` is active; it rolls over after
 //!   `segment_bytes` of records, and a fresh one is started at every open.
 //! - `meta` — `delivered_through` → `u64` BE: every record up to it was confirmed by Kafka;
-//!   `node_id` → this WAL's generated node id; `segbytes/<first>` → size of a closed segment;
-//!   `lost/<first>` → last: a range of durable records sled no longer had at some open.
-//! - `quarantine` — `u64` BE sequence → the raw bytes of a record that failed its checksum.
+//!   `node_id` → this WAL's generated node id; `wal_id` → its identity (16 hex digits, committed
+//!   with the position in Kafka); `segbytes/<first>` → size of a closed segment;
+//!   `lost/<first>` → last: a range of durable records sled no longer had at some open;
+//!   `aside/<seq>` → why a record Kafka refused was set aside.
+//! - `quarantine` — `u64` BE sequence → the raw bytes of a record that failed its checksum, or
+//!   that Kafka refused for what it is (set aside).
 //! - `idem/<bucket: u64 BE>` — idempotency keys → `seq | body fingerprint | stored_at_ms`,
 //!   bucketed by time window and dropped whole (see [`idempotency`]); each key is written in one
 //!   sled transaction with its record.
