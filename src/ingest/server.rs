@@ -76,8 +76,8 @@ async fn collect(
         return Err(unready.into());
     }
     let raw = body::read(&headers, body, state.options.body).await?;
-    // The quota again, now that the size is known, reserved until the append is done: many
-    // requests arriving together cannot overshoot it.
+    // The quota again, counting the bodies ahead of this one that are still being appended;
+    // this body is counted too until its append is done.
     let _reservation = state.reserve(raw.len())?;
     // simd-json rewrites its input: validate a scratch copy, store the original bytes.
     let mut scratch = raw.to_vec();

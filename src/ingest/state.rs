@@ -57,12 +57,16 @@ impl IngestState {
     /// Reserves `bytes` of the WAL quota for a body about to be appended; the reservation ends
     /// when the guard is dropped (the record is then counted by the WAL itself).
     ///
+    /// Refuses exactly when [`IngestState::unready`] says `WalFull` counting the reservations
+    /// of requests ahead of this one, so `/collect` and `/readyz` agree: the quota is soft, and
+    /// may be overshot by the bodies in flight (at most `max_in_flight` × the body limit).
+    ///
     /// # Errors
-    /// [`IngestError::WalFull`] if the body does not fit the quota now.
+    /// [`IngestError::WalFull`] if the WAL and the reservations ahead already fill the quota.
     pub fn reserve(&self, bytes: usize) -> Result<Reservation<'_>, IngestError> {
         let bytes = bytes as u64;
-        let before = self.reserved_bytes.fetch_add(bytes, Ordering::AcqRel);
-        if self.log.live_bytes() + before + bytes > self.options.max_wal_bytes {
+        let ahead = self.reserved_bytes.fetch_add(bytes, Ordering::AcqRel);
+        if self.log.live_bytes() + ahead >= self.options.max_wal_bytes {
             self.reserved_bytes.fetch_sub(bytes, Ordering::AcqRel);
             return Err(IngestError::WalFull);
         }
