@@ -352,6 +352,50 @@ impl TransformArgs {
     }
 }
 
+impl IngestArgs {
+    /// The HTTP server's settings. Body and field limits are checked against what one Kafka
+    /// message holds: an accepted body or row that Kafka refuses would have to be set aside.
+    fn server(&self, kafka: &KafkaSettings, max_wal_bytes: u64) -> Result<ServerOptions, ConfigError> {
+        if self.max_decompressed_bytes + crate::kafka::MESSAGE_OVERHEAD_BYTES > kafka.max_message_bytes() {
+            return Err(ConfigError::Invalid(format!(
+                "--max-decompressed-bytes {} does not fit a Kafka message (message.max.bytes {} less 16 KiB for headers); lower it or raise -X message.max.bytes",
+                self.max_decompressed_bytes,
+                kafka.max_message_bytes()
+            )));
+        }
+        if self.max_decompressed_bytes < self.max_body_bytes {
+            return Err(ConfigError::Invalid("--max-decompressed-bytes must be at least --max-body-bytes".into()));
+        }
+        let limits = EventLimits {
+            max_events: positive("--max-events", self.max_events as u64)? as usize,
+            max_field_bytes: positive("--max-field-bytes", self.max_field_bytes as u64)? as usize,
+            max_ctx_bytes: positive("--max-ctx-bytes", self.max_ctx_bytes as u64)? as usize,
+            max_row_bytes: positive("--max-row-bytes-per-request", self.max_row_bytes_per_request as u64)? as usize,
+        };
+        if limits.max_single_row_bytes() + crate::kafka::MESSAGE_OVERHEAD_BYTES > kafka.max_message_bytes() {
+            return Err(ConfigError::Invalid(format!(
+                "--max-field-bytes {} allows rows of up to {} bytes, more than a Kafka message holds (message.max.bytes {} less 16 KiB)",
+                limits.max_field_bytes,
+                limits.max_single_row_bytes(),
+                kafka.max_message_bytes()
+            )));
+        }
+        Ok(ServerOptions {
+            body: BodyLimits {
+                max_body_bytes: positive("--max-body-bytes", self.max_body_bytes as u64)? as usize,
+                max_decompressed_bytes: self.max_decompressed_bytes,
+                body_timeout: Duration::from_millis(positive("--body-timeout-ms", self.body_timeout_ms)?),
+            },
+            limits,
+            header_timeout: Duration::from_millis(positive("--header-timeout-ms", self.header_timeout_ms)?),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            max_wal_bytes,
+            max_connections: positive("--max-connections", self.max_connections as u64)? as usize,
+            max_in_flight: positive("--max-in-flight", self.max_in_flight as u64)? as usize,
+        })
+    }
+}
+
 impl ServeArgs {
     /// Builds and validates the pipeline configuration; `transform` adds the worker (`run`).
     pub fn pipeline(&self, transform: Option<&TransformArgs>) -> Result<PipelineConfig, ConfigError> {
@@ -363,48 +407,10 @@ impl ServeArgs {
             return Err(ConfigError::Invalid("--wal-max-mib must be at least 4 × --wal-segment-mib".into()));
         }
         let kafka = self.kafka.settings()?;
-        if i.max_decompressed_bytes + crate::kafka::MESSAGE_OVERHEAD_BYTES > kafka.max_message_bytes() {
-            // An accepted body that Kafka refuses would block the WAL behind it forever.
-            return Err(ConfigError::Invalid(format!(
-                "--max-decompressed-bytes {} does not fit a Kafka message (message.max.bytes {} less 16 KiB for headers); lower it or raise -X message.max.bytes",
-                i.max_decompressed_bytes,
-                kafka.max_message_bytes()
-            )));
-        }
-        let limits = EventLimits {
-            max_events: positive("--max-events", i.max_events as u64)? as usize,
-            max_field_bytes: positive("--max-field-bytes", i.max_field_bytes as u64)? as usize,
-            max_ctx_bytes: positive("--max-ctx-bytes", i.max_ctx_bytes as u64)? as usize,
-            max_row_bytes: positive("--max-row-bytes-per-request", i.max_row_bytes_per_request as u64)? as usize,
-        };
-        if limits.max_single_row_bytes() + crate::kafka::MESSAGE_OVERHEAD_BYTES > kafka.max_message_bytes() {
-            // A row Kafka refuses would have to be dead-lettered; fields this long are no tracker's.
-            return Err(ConfigError::Invalid(format!(
-                "--max-field-bytes {} allows rows of up to {} bytes, more than a Kafka message holds (message.max.bytes {} less 16 KiB)",
-                limits.max_field_bytes,
-                limits.max_single_row_bytes(),
-                kafka.max_message_bytes()
-            )));
-        }
-        if i.max_decompressed_bytes < i.max_body_bytes {
-            return Err(ConfigError::Invalid("--max-decompressed-bytes must be at least --max-body-bytes".into()));
-        }
         Ok(PipelineConfig {
             listen: i.listen,
             node_id,
-            server: ServerOptions {
-                body: BodyLimits {
-                    max_body_bytes: positive("--max-body-bytes", i.max_body_bytes as u64)? as usize,
-                    max_decompressed_bytes: i.max_decompressed_bytes,
-                    body_timeout: Duration::from_millis(positive("--body-timeout-ms", i.body_timeout_ms)?),
-                },
-                limits,
-                header_timeout: Duration::from_millis(positive("--header-timeout-ms", i.header_timeout_ms)?),
-                shutdown_grace: Duration::from_millis(i.shutdown_grace_ms),
-                max_wal_bytes: self.wal.wal_max_mib * MIB,
-                max_connections: positive("--max-connections", i.max_connections as u64)? as usize,
-                max_in_flight: positive("--max-in-flight", i.max_in_flight as u64)? as usize,
-            },
+            server: i.server(&kafka, self.wal.wal_max_mib * MIB)?,
             wal: WalConfig {
                 dir: self.wal.wal_dir.clone(),
                 segment_bytes: positive("--wal-segment-mib", self.wal.wal_segment_mib)? * MIB,

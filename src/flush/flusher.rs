@@ -133,14 +133,7 @@ impl FlushLoop<'_> {
                     info!(delivered_through = next - 1, "The WAL is fully delivered; flusher stopping.");
                     return Ok(());
                 }
-                let mut stop = self.stop.clone();
-                self.runtime.block_on(async {
-                    tokio::select! {
-                        _ = durable.changed() => {}
-                        () = stop.changed() => {}
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                });
+                self.wait_for_records(&mut durable);
                 continue;
             }
             if self.stop.expired() {
@@ -150,23 +143,7 @@ impl FlushLoop<'_> {
                 );
                 return Ok(());
             }
-            let records = match f.log.read(next, upto, f.options.batch_records, f.options.batch_bytes) {
-                Ok(r) => {
-                    read_failures = 0;
-                    r
-                }
-                Err(e) => {
-                    read_failures += 1;
-                    if read_failures >= READ_FAILURES_BEFORE_STOP {
-                        return Err(KafkaStageError::Wal(format!(
-                            "reading WAL records from {next} failed {read_failures} times in a row: {e}"
-                        )));
-                    }
-                    error!(error = %e, attempt = read_failures, "Reading the WAL failed; retrying.");
-                    self.backoff.pause(self.runtime, self.stop);
-                    continue;
-                }
-            };
+            let Some(records) = self.read(next, upto, &mut read_failures)? else { continue };
             let Some(last) = records.last().map(|r| r.seq) else {
                 // Nothing stored in [next, upto]: sequence numbers of a failed group commit.
                 debug!(from = next, to = upto, "No WAL records in a durable range (a failed group commit, or numbers skipped after a loss); moving on.");
@@ -179,6 +156,41 @@ impl FlushLoop<'_> {
                     warn!("Drain deadline reached while delivering; undelivered records stay in the WAL.");
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Waits until more records are durable, the stop signal changes, or half a second passed.
+    fn wait_for_records(&self, durable: &mut watch::Receiver<u64>) {
+        let mut stop = self.stop.clone();
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = durable.changed() => {}
+                () = stop.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        });
+    }
+
+    /// Reads the next batch, `next..=upto`. `None` after a failed read (retry); a storage fault
+    /// that persists for [`READ_FAILURES_BEFORE_STOP`] reads in a row stops the flusher.
+    fn read(&mut self, next: u64, upto: u64, failures: &mut u32) -> Result<Option<Vec<ReadRecord>>, KafkaStageError> {
+        let f = self.flusher;
+        match f.log.read(next, upto, f.options.batch_records, f.options.batch_bytes) {
+            Ok(records) => {
+                *failures = 0;
+                Ok(Some(records))
+            }
+            Err(e) => {
+                *failures += 1;
+                if *failures >= READ_FAILURES_BEFORE_STOP {
+                    return Err(KafkaStageError::Wal(format!(
+                        "reading WAL records from {next} failed {failures} times in a row: {e}"
+                    )));
+                }
+                error!(error = %e, attempt = *failures, "Reading the WAL failed; retrying.");
+                self.backoff.pause(self.runtime, self.stop);
+                Ok(None)
             }
         }
     }

@@ -107,7 +107,7 @@ pub(super) struct Worker<'a> {
 }
 
 impl Worker<'_> {
-    pub fn run(self) -> Result<(), KafkaStageError> {
+    pub fn run(mut self) -> Result<(), KafkaStageError> {
         let mut transformer = Transformer::default();
         let mut poisoned = Poisoned::default();
         while !self.stop.requested() {
@@ -117,65 +117,97 @@ impl Worker<'_> {
             }
             let outs = outs::transform_batch(&mut transformer, &batch, &poisoned);
             report_set_asides(&outs, &batch);
-            let messages = outs::messages(self.kafka, &batch, &outs);
-            let sources = outs::message_sources(&outs);
-            let offsets = self.source.offsets(&batch);
-            let (runtime, stop) = (self.runtime, self.stop);
-            let mut backoff = Backoff::new(Duration::from_secs(5));
-            let outcome = outbox::deliver(self.outbox, &messages, Some(&offsets), |e| {
-                crate::telemetry::transform_failed();
-                // Outputs Kafka refuses for what they are: noted, so that the batch read again
-                // replaces them after a few refusals instead of stalling the partition.
-                let poison: Vec<(usize, &KafkaError)> = match e {
-                    OutboxError::Refused { index, error } if outbox::is_poison(error) => vec![(*index, error)],
-                    OutboxError::Undelivered { failed } => {
-                        failed.iter().filter(|(_, err)| outbox::is_poison(err)).map(|(i, err)| (*i, err)).collect()
-                    }
-                    _ => Vec::new(),
-                };
-                for (index, error) in &poison {
-                    let raw = &batch[sources[*index]];
-                    warn!(topic = raw.topic(), partition = raw.partition(), offset = raw.offset(), %error, "Kafka refuses an output of a raw message; after a few refusals it goes to the dead-letter topic instead.");
-                    poisoned.refused(raw, error.to_string());
-                }
-                match e {
-                    // At-least-once: resend what Kafka did not take, in place, until stopped.
-                    OutboxError::Undelivered { failed } if poison.is_empty() => {
-                        warn!(failed = failed.len(), error = %e, "Kafka did not take some rows; retrying them.");
-                        !stop.requested() && !backoff.pause(runtime, stop)
-                    }
-                    // Not retried in place: the consumer must keep polling (rebalances happen
-                    // there), so the batch is read again instead.
-                    OutboxError::Unavailable(_) => {
-                        warn!(error = %e, "Cannot initialise the transform's transactions yet; retrying.");
-                        stop.sleep_blocking(runtime, Duration::from_millis(500));
-                        false
-                    }
-                    _ => {
-                        warn!(error = %e, messages = batch.len(), "A transform transaction failed; the batch will be read again.");
-                        stop.sleep_blocking(runtime, Duration::from_millis(200));
-                        false
-                    }
-                }
-            })?;
-            match outcome {
-                Outcome::Delivered(delivered) => {
-                    if delivered == Delivered::MessagesOnly {
-                        self.source.commit(&batch);
-                    }
-                    poisoned.delivered(&batch);
-                    let dead = outs.iter().filter(|o| !matches!(o, Out::Row { .. })).count();
-                    crate::telemetry::transform_batch(outs.len() - dead, dead);
-                }
-                // Aborted for sure: the batch's rows are gone, read it again.
-                Outcome::GaveUp => self.source.rewind(&batch),
-                // The transaction may have committed after all. Reading the committed offsets
-                // (read_committed) waits until it is settled — by the next producer's
-                // init_transactions, or the broker's transaction timeout — and says where to go on.
-                Outcome::Uncertain => self.source.rewind_to_committed(&batch),
-            }
+            let outcome = self.deliver(&batch, &outs, &mut poisoned)?;
+            self.settle(outcome, &batch, &outs, &mut poisoned);
         }
         Ok(())
+    }
+
+    /// Puts a batch's outputs and offsets through the outbox, noting what Kafka refuses.
+    fn deliver(
+        &mut self,
+        batch: &[OwnedMessage],
+        outs: &[Out],
+        poisoned: &mut Poisoned,
+    ) -> Result<Outcome, KafkaStageError> {
+        let messages = outs::messages(self.kafka, batch, outs);
+        let sources = outs::message_sources(outs);
+        let offsets = self.source.offsets(batch);
+        let (runtime, stop) = (self.runtime, self.stop);
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        Ok(outbox::deliver(self.outbox, &messages, Some(&offsets), |e| {
+            crate::telemetry::transform_failed();
+            let refused = note_refusals(e, batch, &sources, poisoned);
+            retry_in_place(e, refused, runtime, stop, &mut backoff, batch.len())
+        })?)
+    }
+
+    /// What follows a batch's delivery: commit (at-least-once), or read it again.
+    fn settle(&mut self, outcome: Outcome, batch: &[OwnedMessage], outs: &[Out], poisoned: &mut Poisoned) {
+        match outcome {
+            Outcome::Delivered(delivered) => {
+                if delivered == Delivered::MessagesOnly {
+                    self.source.commit(batch);
+                }
+                poisoned.delivered(batch);
+                let dead = outs.iter().filter(|o| !matches!(o, Out::Row { .. })).count();
+                crate::telemetry::transform_batch(outs.len() - dead, dead);
+            }
+            // Aborted for sure: the batch's rows are gone, read it again.
+            Outcome::GaveUp => self.source.rewind(batch),
+            // The transaction may have committed after all. Reading the committed offsets
+            // (read_committed) waits until it is settled — by the next producer's
+            // init_transactions, or the broker's transaction timeout — and says where to go on.
+            Outcome::Uncertain => self.source.rewind_to_committed(batch),
+        }
+    }
+}
+
+/// Notes each output Kafka refused for what it is, so that the batch read again replaces it
+/// after a few refusals instead of stalling the partition. Returns whether there was one.
+fn note_refusals(e: &OutboxError, batch: &[OwnedMessage], sources: &[usize], poisoned: &mut Poisoned) -> bool {
+    let refused: Vec<(usize, &KafkaError)> = match e {
+        OutboxError::Refused { index, error } if outbox::is_poison(error) => vec![(*index, error)],
+        OutboxError::Undelivered { failed } => {
+            failed.iter().filter(|(_, err)| outbox::is_poison(err)).map(|(i, err)| (*i, err)).collect()
+        }
+        _ => Vec::new(),
+    };
+    for (index, error) in &refused {
+        let raw = &batch[sources[*index]];
+        warn!(topic = raw.topic(), partition = raw.partition(), offset = raw.offset(), %error, "Kafka refuses an output of a raw message; after a few refusals it goes to the dead-letter topic instead.");
+        poisoned.refused(raw, error.to_string());
+    }
+    !refused.is_empty()
+}
+
+/// After a failed delivery: whether to retry it in place (at-least-once resends of what Kafka
+/// did not take), or give the batch up to be read again, after a pause.
+fn retry_in_place(
+    e: &OutboxError,
+    refused: bool,
+    runtime: &Handle,
+    stop: &Stop,
+    backoff: &mut Backoff,
+    messages: usize,
+) -> bool {
+    match e {
+        OutboxError::Undelivered { failed } if !refused => {
+            warn!(failed = failed.len(), error = %e, "Kafka did not take some rows; retrying them.");
+            !stop.requested() && !backoff.pause(runtime, stop)
+        }
+        // Not retried in place: the consumer must keep polling (rebalances happen there), so
+        // the batch is read again instead.
+        OutboxError::Unavailable(_) => {
+            warn!(error = %e, "Cannot initialise the transform's transactions yet; retrying.");
+            stop.sleep_blocking(runtime, Duration::from_millis(500));
+            false
+        }
+        _ => {
+            warn!(error = %e, messages, "A transform transaction failed; the batch will be read again.");
+            stop.sleep_blocking(runtime, Duration::from_millis(200));
+            false
+        }
     }
 }
 
