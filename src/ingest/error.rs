@@ -108,12 +108,36 @@ struct ErrorDetail<'a> {
     path: Option<&'a str>,
 }
 
+impl IngestError {
+    /// The sentence a client sees. Errors of the collector's own machinery (the WAL, the
+    /// connection) are logged in full and described to the client without their internal
+    /// text: paths, engine messages and library details are no client's business.
+    fn public_message(&self) -> String {
+        match self {
+            IngestError::Wal(e) => {
+                // The group commit logs the failure once, at error level, for all its requests.
+                tracing::debug!(error = %e, "A request failed in the WAL; the client is told it was not stored.");
+                if e.is_retryable() {
+                    "the write-ahead log is not available; nothing was stored, retry later".into()
+                } else {
+                    "the write-ahead log could not store the request; nothing was stored".into()
+                }
+            }
+            IngestError::BodyRead(detail) => {
+                tracing::debug!(%detail, "Reading a request body failed.");
+                "the request body could not be read".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
         let status = self.status();
         let (message, path) = match &self {
             IngestError::Invalid(i) => (i.message.clone(), Some(i.path.as_str())),
-            other => (other.to_string(), None),
+            other => (other.public_message(), None),
         };
         crate::telemetry::request_rejected(self.code());
         let body = serde_json::to_vec(&ErrorBody { error: ErrorDetail { code: self.code(), message, path } })
@@ -127,5 +151,31 @@ impl IntoResponse for IngestError {
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::WalError;
+
+    async fn body_of(e: IngestError) -> (StatusCode, String) {
+        let response = e.into_response();
+        let status = response.status();
+        let bytes = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn errors_of_the_collectors_machinery_carry_no_internal_text() {
+        let internal = "IO error: /var/lib/collector/sled/blobs/17: Input/output error (os error 5)";
+        let (status, body) = body_of(IngestError::Wal(WalError::Storage(internal.into()))).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body.contains("wal_error") && !body.contains("/var/lib") && !body.contains("os error"), "{body}");
+        let (status, body) = body_of(IngestError::Wal(WalError::Closed)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("wal_unavailable"), "{body}");
+        let (_, body) = body_of(IngestError::BodyRead("hyper::Error(Body, Os { code: 104 })".into())).await;
+        assert!(body.contains("body_read_failed") && !body.contains("hyper"), "{body}");
     }
 }
