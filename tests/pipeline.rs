@@ -319,9 +319,8 @@ async fn a_replaced_wal_under_a_reused_node_id_refuses_to_run_instead_of_acknowl
     // Acknowledging up to it would drop records; the collector stops, saying why.
     let replaced = tempfile::tempdir().unwrap();
     let mut c = Collector::start("serve", replaced.path(), 0, &args);
-    let (exited, _c) =
-        tokio::task::spawn_blocking(move || (exit_within(&mut c.child, Duration::from_secs(60)), c)).await.unwrap();
-    let status = exited.expect("the collector kept running on another WAL's position");
+    let status = exit_within(&mut c.child, Duration::from_secs(60)).await;
+    let status = status.expect("the collector kept running on another WAL's position");
     assert!(!status.success(), "it exits with an error, not 0");
     let raw = read(&brokers, &topics.raw, 10, 2000).await;
     assert_eq!(raw.len(), 10, "nothing of the replaced WAL was mixed into the position");
@@ -342,9 +341,8 @@ async fn a_second_collector_with_an_active_node_id_refuses_to_run_and_the_first_
     // A second collector, its own WAL, the same node id: Kafka's position is A's WAL's. B
     // refuses to run before its producer exists, so it fences nobody.
     let mut b = Collector::start("serve", wal_b.path(), 0, &args);
-    let (exited, _b) =
-        tokio::task::spawn_blocking(move || (exit_within(&mut b.child, Duration::from_secs(60)), b)).await.unwrap();
-    let status = exited.expect("the second collector kept running under an active node id");
+    let status = exit_within(&mut b.child, Duration::from_secs(60)).await;
+    let status = status.expect("the second collector kept running under an active node id");
     assert!(!status.success(), "it exits with an error, not 0");
 
     // A was not disturbed: it still delivers.
@@ -412,14 +410,14 @@ fn spawn_transform(topics: &Topics, node: &str, extra: &[&str]) -> (std::process
     (child, log)
 }
 
-/// Waits up to `patience` for `child` to exit.
-fn exit_within(child: &mut std::process::Child, patience: Duration) -> Option<std::process::ExitStatus> {
+/// Waits up to `patience` for `child` to exit, without blocking the test's runtime.
+async fn exit_within(child: &mut std::process::Child, patience: Duration) -> Option<std::process::ExitStatus> {
     let deadline = std::time::Instant::now() + patience;
     while std::time::Instant::now() < deadline {
         if let Some(status) = child.try_wait().unwrap() {
             return Some(status);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     None
 }
@@ -443,8 +441,7 @@ async fn a_second_transform_worker_with_the_same_node_id_fences_the_first_which_
     assert_eq!(read(&brokers, &topics.transformed, 1, 0).await.len(), 1, "worker A delivers");
 
     let (mut b, _b_log) = spawn_transform(&topics, &node, &at_least_once);
-    let exited = tokio::task::spawn_blocking(move || (exit_within(&mut a, Duration::from_secs(60)), a)).await;
-    let (status, mut a) = exited.unwrap();
+    let status = exit_within(&mut a, Duration::from_secs(60)).await;
     let _ = a.kill();
     let status = status.expect("the fenced worker kept running");
     assert!(!status.success(), "a fenced worker exits with an error, not 0");
@@ -485,8 +482,7 @@ async fn a_second_sigterm_while_draining_exits_at_once_and_keeps_the_records_in_
     assert!(c.child.try_wait().unwrap().is_none(), "the first SIGTERM drains (Kafka is away: for two minutes)");
     let t0 = std::time::Instant::now();
     sigterm(&c);
-    let (status, c) =
-        tokio::task::spawn_blocking(move || (exit_within(&mut c.child, Duration::from_secs(20)), c)).await.unwrap();
+    let status = exit_within(&mut c.child, Duration::from_secs(20)).await;
     let status = status.expect("the second SIGTERM did not end the drain");
     eprintln!("second SIGTERM: exited {status:?} after {:?}", t0.elapsed());
     assert!(!status.success(), "an interrupted drain is not a clean exit");

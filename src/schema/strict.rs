@@ -18,12 +18,12 @@ use std::collections::HashSet;
 
 use super::{Invalid, InvalidKind};
 
-/// One open container while scanning.
-enum Frame {
+/// One open container while scanning. Keys borrow from the body unless they hold escapes.
+enum Frame<'a> {
     Object {
-        keys: HashSet<String>,
+        keys: HashSet<Cow<'a, str>>,
         /// The key whose value is being read (for paths).
-        key: Option<String>,
+        key: Option<Cow<'a, str>>,
         /// The next string is a key.
         expect_key: bool,
     },
@@ -37,7 +37,7 @@ enum Frame {
 /// # Errors
 /// [`Invalid`] with code `duplicate_key` (422) or `control_character` (400) and the path.
 pub fn check(raw: &[u8]) -> Result<(), Invalid> {
-    let mut stack: Vec<Frame> = Vec::new();
+    let mut stack: Vec<Frame<'_>> = Vec::new();
     let mut i = 0;
     while i < raw.len() {
         match raw[i] {
@@ -47,7 +47,7 @@ pub fn check(raw: &[u8]) -> Result<(), Invalid> {
                 let parent = stack.len().saturating_sub(1);
                 if let Some(Frame::Object { keys, key, expect_key }) = stack.last_mut() {
                     if *expect_key {
-                        let name = key_text(&raw[i..=end], escaped).into_owned();
+                        let name = key_text(&raw[i..=end], escaped);
                         if keys.contains(&name) {
                             let at = format!("{}/{}", path(&stack[..parent]), pointer_escape(&name));
                             return Err(Invalid::schema(
@@ -83,7 +83,7 @@ pub fn check(raw: &[u8]) -> Result<(), Invalid> {
 
 /// The index of the quote closing the string that opens at `start`, and whether it had escapes;
 /// `None` if the string never ends.
-fn string_end(raw: &[u8], start: usize, stack: &[Frame]) -> Result<Option<(usize, bool)>, Invalid> {
+fn string_end(raw: &[u8], start: usize, stack: &[Frame<'_>]) -> Result<Option<(usize, bool)>, Invalid> {
     let mut j = start + 1;
     let mut escaped = false;
     while j < raw.len() {
@@ -119,7 +119,7 @@ fn key_text(quoted: &[u8], escaped: bool) -> Cow<'_, str> {
 }
 
 /// The JSON pointer of the place being read.
-fn path(stack: &[Frame]) -> String {
+fn path(stack: &[Frame<'_>]) -> String {
     let mut out = String::new();
     for frame in stack {
         match frame {

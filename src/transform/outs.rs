@@ -70,6 +70,10 @@ impl Poisoned {
     /// How far `raw`'s outputs are replaced (0 not at all, 1 dead letter, 2 bare dead letter,
     /// 3 dropped), with the last refusal's reason.
     fn stage(&self, raw: &OwnedMessage) -> (u32, &str) {
+        // Asked for every raw message: no position built while nothing was ever refused.
+        if self.refusals.is_empty() {
+            return (0, "");
+        }
         match self.refusals.get(&position(raw)) {
             Some((n, reason)) => (n / Self::ATTEMPTS, reason.as_str()),
             None => (0, ""),
