@@ -108,6 +108,6 @@ impl PositionStore for KafkaPositions {
         if let Some(mut elem) = list.find_partition(&self.topic, 0) {
             elem.set_metadata(self.wal_id.as_str());
         }
-        Offsets { list, group: self.consumer.group_metadata() }
+        Offsets { list, group: self.consumer.group_metadata().map(std::sync::Arc::new) }
     }
 }

@@ -24,6 +24,9 @@ pub enum KafkaStageError {
     /// node id. Retrying would only fence the other one in turn.
     #[error("{0}")]
     Fenced(String),
+    /// librdkafka keeps calls blocked past their timeouts (see `OutboxError::Wedged`).
+    #[error("{0}")]
+    Wedged(String),
 }
 
 impl From<super::OutboxError> for KafkaStageError {
@@ -31,6 +34,7 @@ impl From<super::OutboxError> for KafkaStageError {
         match e {
             super::OutboxError::Config(reason) => KafkaStageError::Config(reason),
             fenced @ super::OutboxError::Fenced(_) => KafkaStageError::Fenced(fenced.to_string()),
+            wedged @ super::OutboxError::Wedged { .. } => KafkaStageError::Wedged(wedged.to_string()),
             other => KafkaStageError::Config(format!("unexpected producer failure: {other}")),
         }
     }
@@ -42,6 +46,7 @@ impl KafkaStageError {
             self,
             KafkaStageError::Config(_)
                 | KafkaStageError::Fenced(_)
+                | KafkaStageError::Wedged(_)
                 | KafkaStageError::Wal(_)
                 | KafkaStageError::ForeignPosition(_)
         )

@@ -192,7 +192,7 @@ impl Source for KafkaSource {
     }
 
     fn offsets(&self, batch: &[OwnedMessage]) -> Offsets {
-        Offsets { list: next_offsets(batch), group: self.consumer.group_metadata() }
+        Offsets { list: next_offsets(batch), group: self.consumer.group_metadata().map(std::sync::Arc::new) }
     }
 
     /// A partition no longer assigned is skipped: its new owner starts from the committed

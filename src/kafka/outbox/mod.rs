@@ -26,6 +26,7 @@ mod transactional;
 pub mod fake;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
@@ -62,8 +63,9 @@ pub struct OutBatch<'a> {
 pub struct Offsets {
     pub list: TopicPartitionList,
     /// The group they belong to. `None` only where no consumer exists (tests); a transaction
-    /// then aborts.
-    pub group: Option<ConsumerGroupMetadata>,
+    /// then aborts. Shared, because the transactional outbox hands it to a watchdog thread
+    /// (see `transactional.rs`).
+    pub group: Option<Arc<ConsumerGroupMetadata>>,
 }
 
 /// What a successful delivery covered.
@@ -75,8 +77,8 @@ pub enum Delivered {
     MessagesOnly,
 }
 
-/// How a delivery failed. Policy: everything but [`OutboxError::Fenced`] and
-/// [`OutboxError::Config`] is retryable — the data waits in the WAL or the source topic.
+/// How a delivery failed. Policy: everything but [`OutboxError::Fenced`],
+/// [`OutboxError::Config`] and [`OutboxError::Wedged`] is retryable — the data waits in the WAL or the source topic.
 #[derive(Debug, Error)]
 pub enum OutboxError {
     /// Kafka refused message `index`: librdkafka at enqueue (too large, unknown topic…), or,
@@ -103,12 +105,17 @@ pub enum OutboxError {
     /// The producer configuration is invalid.
     #[error("invalid Kafka producer configuration: {0}")]
     Config(String),
+    /// librdkafka left this many calls blocked past their timeouts, each holding an abandoned
+    /// producer: the stage stops (the process exits and can be restarted) instead of leaking
+    /// producers for as long as the cluster misbehaves.
+    #[error("{abandoned} Kafka calls are still blocked inside librdkafka past their timeouts; stopping instead of abandoning more producers (restart the collector; the WAL keeps the data)")]
+    Wedged { abandoned: usize },
 }
 
 impl OutboxError {
     /// True when the stage must stop instead of retrying.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, OutboxError::Fenced(_) | OutboxError::Config(_))
+        matches!(self, OutboxError::Fenced(_) | OutboxError::Config(_) | OutboxError::Wedged { .. })
     }
 }
 

@@ -158,3 +158,48 @@ fn at_least_once_names_the_messages_kafka_did_not_take() {
         other => panic!("expected message 1 undelivered, got {other:?}"),
     }
 }
+
+/// librdkafka #5456: with the group coordinator gone, `send_offsets_to_transaction` blocks far
+/// past its timeout (a bare producer here: over a minute with a 2 s timeout). The outbox must
+/// come back anyway, report the batch's fate as open, and deliver with a new producer.
+#[test]
+fn a_send_offsets_call_librdkafka_never_returns_from_replaces_the_producer() {
+    use rdkafka::mocking::MockCoordinator;
+    let mock = MockCluster::new(3).unwrap();
+    mock.create_topic(TOPIC, 1, 1).unwrap();
+    mock.create_topic("source", 1, 1).unwrap();
+    mock.partition_leader(TOPIC, 0, Some(1)).unwrap();
+    mock.coordinator(MockCoordinator::Transaction("txn-stuck".into()), 1).unwrap();
+    mock.coordinator(MockCoordinator::Group("g".into()), 2).unwrap();
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", mock.bootstrap_servers()).set("group.id", "g").create().unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition_offset("source", 0, rdkafka::Offset::Offset(5)).unwrap();
+    let offsets = Offsets { list, group: consumer.group_metadata().map(std::sync::Arc::new) };
+    let options =
+        ProducerOptions { txn: TxnTimeouts { transaction_ms: 60_000, operation: Duration::from_secs(1) }, ..options() };
+    let mut outbox = TransactionalOutbox::new(settings(&mock, &[]), "txn-stuck".into(), &options);
+    outbox.connect().unwrap();
+    mock.broker_down(2).unwrap();
+
+    // On a thread, so that a hang fails the test instead of blocking it forever.
+    let (done, result) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let messages = [message(b"a")];
+        let first = outbox.deliver(OutBatch { messages: &messages, indices: &[0], offsets: Some(&offsets) });
+        done.send(first.map_err(|e| e.to_string())).unwrap();
+        (outbox, offsets)
+    });
+    let first = result.recv_timeout(Duration::from_secs(60)).expect("deliver came back despite the stuck call");
+    let (mut outbox, offsets) = worker.join().unwrap();
+    assert!(first.as_ref().is_err_and(|e| e.starts_with("the producer failed and will be replaced")), "{first:?}");
+
+    mock.broker_up(2).unwrap();
+    assert!(outbox.connect().unwrap(), "a new producer replaces the abandoned one");
+    let messages = [message(b"b")];
+    let again = outbox.deliver(OutBatch { messages: &messages, indices: &[0], offsets: Some(&offsets) });
+    assert_eq!(again.unwrap(), Delivered::WithOffsets);
+    // Only "b" is checked: librdkafka's mock coordinator writes no abort markers for a fenced
+    // producer's open transaction, as a real one does (tests/outage.rs counts duplicates there).
+    assert!(committed_payloads(&mock, 2).contains(&b"b".to_vec()), "the batch is delivered after the stuck call");
+}

@@ -9,12 +9,23 @@
 //! that outlived `transaction.timeout.ms` (a long broker outage, say) and bumped our epoch; or
 //! another live process initialised the same `transactional.id`. Only the second is a reason to
 //! stop, and only it can fence a transaction younger than the timeout, so that is the test.
+//!
+//! A fourth kind is ours: *stuck*. librdkafka's `send_offsets_to_transaction` can block far
+//! past its timeout when the group coordinator went away (librdkafka #5456, still open in the
+//! 2.12 we link; reproduced by a mock-cluster test below, and seen in `tests/outage.rs` as a
+//! flusher that never logged again after a broker restart). So that call runs on a watchdog
+//! thread: if it has not returned within its timeout and a grace, the producer is abandoned to
+//! that thread (dropped when the call finally returns) and replaced, and the successor's
+//! `init_transactions` aborts the stuck transaction. A commit that keeps timing out is stuck
+//! the same way: librdkafka keeps it in progress, and an abort would only conflict with it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{Producer, PurgeConfig};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{enqueue, Delivered, OutBatch, Outbox, OutboxError, ProducerOptions};
 use crate::kafka::batch::{Batch, TrackingContext, TrackingProducer};
@@ -43,6 +54,9 @@ enum TxnFailure {
     Abortable(KafkaError),
     /// Replace the producer.
     Fatal(KafkaError),
+    /// The call is still running inside librdkafka (see the module notes): replace the
+    /// producer; nothing else can be called on it meanwhile.
+    Stuck(KafkaError),
 }
 
 /// Classifies an error of a transactional call.
@@ -62,12 +76,22 @@ pub struct TransactionalOutbox {
     settings: KafkaSettings,
     transactional_id: String,
     options: ProducerOptions,
-    producer: Option<TrackingProducer>,
+    /// Shared only with the watchdog thread of a `send_offsets_to_transaction` in progress.
+    producer: Option<Arc<TrackingProducer>>,
+    /// Calls abandoned to their watchdog threads that have not returned yet (each holds a
+    /// producer): past [`MAX_ABANDONED`] the outbox stops instead of leaking more.
+    abandoned: Arc<AtomicUsize>,
 }
 
 impl TransactionalOutbox {
     pub fn new(settings: KafkaSettings, transactional_id: String, options: &ProducerOptions) -> Self {
-        TransactionalOutbox { settings, transactional_id, options: options.clone(), producer: None }
+        TransactionalOutbox {
+            settings,
+            transactional_id,
+            options: options.clone(),
+            producer: None,
+            abandoned: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     fn create(&self) -> Result<TrackingProducer, OutboxError> {
@@ -89,21 +113,20 @@ impl TransactionalOutbox {
     }
 
     /// One transaction: the messages, then the offsets, then commit.
-    fn transaction(producer: &TrackingProducer, batch: OutBatch<'_>, timeout: Duration) -> Result<(), Failed> {
+    fn transaction(&self, producer: &Arc<TrackingProducer>, batch: OutBatch<'_>) -> Result<(), Failed> {
+        let timeout = self.options.txn.operation;
         producer.begin_transaction().map_err(|e| Failed::Txn(classify(e)))?;
         let mut sending = Batch::new(producer);
         if let Some((index, error)) = enqueue(&mut sending, batch).into_iter().next() {
             return Err(Failed::Refused(index, error));
         }
         if let Some(offsets) = batch.offsets {
-            let group = offsets.group.as_ref().ok_or_else(|| {
+            let group = offsets.group.clone().ok_or_else(|| {
                 Failed::Txn(TxnFailure::Abortable(KafkaError::ClientCreation(
                     "no consumer group metadata for the offsets".into(),
                 )))
             })?;
-            producer
-                .send_offsets_to_transaction(&offsets.list, group, timeout)
-                .map_err(|e| Failed::Txn(classify(e)))?;
+            self.send_offsets(producer, offsets.list.clone(), group).map_err(Failed::Txn)?;
         }
         // Committing flushes the producer: every message is delivered or the commit fails. A
         // message the broker refused for what it is (too large for the topic, say) is named, so
@@ -116,6 +139,45 @@ impl TransactionalOutbox {
         })
     }
 
+    /// `send_offsets_to_transaction` on a watchdog thread (see the module notes): its result,
+    /// or [`TxnFailure::Stuck`] once it outlived the call timeout by [`STUCK_GRACE`]. The
+    /// thread then keeps the producer until librdkafka lets the call return.
+    fn send_offsets(
+        &self,
+        producer: &Arc<TrackingProducer>,
+        list: rdkafka::TopicPartitionList,
+        group: Arc<rdkafka::consumer::ConsumerGroupMetadata>,
+    ) -> Result<(), TxnFailure> {
+        let timeout = self.options.txn.operation;
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        let (on_thread, abandoned) = (Arc::clone(producer), Arc::clone(&self.abandoned));
+        let spawned = std::thread::Builder::new().name("kafka-send-offsets".into()).spawn(move || {
+            let sent = on_thread.send_offsets_to_transaction(&list, &group, timeout);
+            if done.send(sent).is_err() {
+                // Nobody waits any more: this call was abandoned and has now returned.
+                abandoned.fetch_sub(1, Ordering::AcqRel);
+                info!("A Kafka call abandoned earlier has returned; its producer is released.");
+            }
+        });
+        if let Err(e) = spawned {
+            return Err(TxnFailure::Abortable(KafkaError::ClientCreation(format!("no thread for a Kafka call: {e}"))));
+        }
+        match result.recv_timeout(timeout + STUCK_GRACE) {
+            Ok(sent) => sent.map_err(classify),
+            Err(_) => {
+                // Counted before `result` is dropped, so the thread's decrement comes after.
+                let stuck = self.abandoned.fetch_add(1, Ordering::AcqRel) + 1;
+                drop(result);
+                error!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    abandoned = stuck,
+                    "Sending offsets to a Kafka transaction did not return in time (librdkafka #5456: the group coordinator went away); replacing the producer."
+                );
+                Err(TxnFailure::Stuck(stuck_error()))
+            }
+        }
+    }
+
     /// After a failed transaction: aborts it, or drops the producer when it cannot be aborted.
     fn settle(&mut self, failed: Failed, began: Instant) -> OutboxError {
         let (failure, refused) = match failed {
@@ -123,6 +185,10 @@ impl TransactionalOutbox {
             Failed::Txn(failure) => (failure, None),
         };
         match failure {
+            TxnFailure::Stuck(e) => {
+                self.producer = None;
+                OutboxError::ProducerLost(e)
+            }
             TxnFailure::Fatal(e) => {
                 self.producer = None;
                 if fenced_by_rival(e.rdkafka_error_code(), began.elapsed(), self.options.txn.transaction_ms) {
@@ -146,6 +212,20 @@ impl TransactionalOutbox {
     }
 }
 
+/// How long past its own timeout `send_offsets_to_transaction` may run before it counts as
+/// stuck.
+const STUCK_GRACE: Duration = Duration::from_secs(2);
+
+/// Calls left blocked inside librdkafka (each holding a producer and its threads) at which the
+/// outbox stops replacing producers and the stage stops, loudly, instead of leaking more: a
+/// restart starts from clean clients, and the WAL keeps the data meanwhile.
+pub const MAX_ABANDONED: usize = 4;
+
+/// The error a stuck call is reported with (librdkafka's own never came).
+fn stuck_error() -> KafkaError {
+    KafkaError::Global(RDKafkaErrorCode::OperationTimedOut)
+}
+
 /// Whether a fatal error means another live producer took our `transactional.id` over: a
 /// fencing error on a transaction younger than the timeout, which the broker cannot have
 /// aborted itself.
@@ -166,18 +246,22 @@ impl Outbox for TransactionalOutbox {
         if self.producer.is_some() {
             return Ok(false);
         }
+        let abandoned = self.abandoned.load(Ordering::Acquire);
+        if abandoned >= MAX_ABANDONED {
+            return Err(OutboxError::Wedged { abandoned });
+        }
         let producer = self.create()?;
         producer.init_transactions(self.options.txn.operation).map_err(OutboxError::Unavailable)?;
         info!(transactional_id = %self.transactional_id, "Transactional producer ready; earlier incarnations are fenced.");
-        self.producer = Some(producer);
+        self.producer = Some(Arc::new(producer));
         Ok(true)
     }
 
     fn deliver(&mut self, batch: OutBatch<'_>) -> Result<Delivered, OutboxError> {
         self.connect()?;
         let began = Instant::now();
-        let producer = self.producer.as_ref().expect("connected above");
-        match Self::transaction(producer, batch, self.options.txn.operation) {
+        let producer = Arc::clone(self.producer.as_ref().expect("connected above"));
+        match self.transaction(&producer, batch) {
             Ok(()) => Ok(Delivered::WithOffsets),
             Err(failed) => Err(self.settle(failed, began)),
         }
@@ -216,6 +300,12 @@ fn commit(producer: &TrackingProducer, timeout: Duration) -> Result<(), TxnFailu
                 attempts += 1;
                 let pause = backoff.next_delay();
                 if !another_call_fits(deadline, pause, timeout) {
+                    if still_in_progress(&e) {
+                        // librdkafka keeps a timed-out commit going, and refuses an abort
+                        // while it does ("Conflicting commit_transaction API call").
+                        warn!(error = %e, attempts, "Committing a transaction kept timing out; replacing the producer, which aborts it.");
+                        return Err(TxnFailure::Stuck(e));
+                    }
                     warn!(error = %e, attempts, "Committing a transaction kept failing retriably; aborting it instead.");
                     return Err(TxnFailure::Abortable(e));
                 }
@@ -225,6 +315,12 @@ fn commit(producer: &TrackingProducer, timeout: Duration) -> Result<(), TxnFailu
             Err(other) => return Err(other),
         }
     }
+}
+
+/// Whether a failed call is still running inside librdkafka (it timed out; a repeated call
+/// resumes it).
+fn still_in_progress(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::OperationTimedOut)
 }
 
 /// Aborts the open transaction. Returns false when the producer must be replaced instead:
@@ -297,13 +393,15 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_that_keeps_failing_retriably_gives_up_within_its_budget() {
+    fn a_commit_that_keeps_timing_out_gives_up_within_its_budget_and_replaces_the_producer() {
         let (_mock, producer) = stuck_commit();
         let call = Duration::from_millis(300);
         let started = Instant::now();
         let result = commit(&producer, call);
         let took = started.elapsed();
-        assert!(matches!(result, Err(TxnFailure::Abortable(_))), "{result:?}");
+        // librdkafka retries the refused EndTxn itself until the call times out; the commit is
+        // then still in progress inside it, so no abort is attempted.
+        assert!(matches!(result, Err(TxnFailure::Stuck(_))), "{result:?}");
         // The budget is three calls, 0.9 s; the generous bound only tells a budget from the old
         // 20 retries with pauses of up to 2 s (about 40 s).
         assert!(took < Duration::from_secs(4), "took {took:?}");
