@@ -29,12 +29,13 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::flush::{FlushOptions, FlushStatus, Flusher};
+use crate::heal::{self, DiskWatch};
 use crate::ingest::{self, IngestState, ServerOptions};
 use crate::kafka::{KafkaSettings, KafkaStageError};
 use crate::node::NodeId;
 use crate::retry::Stop;
 use crate::transform::{self, TransformOptions};
-use crate::wal::{LogOptions, LogStore, SledLog, WalError, WalWriter};
+use crate::wal::{GuardedLog, LogOptions, LogStore, SledLog, WalError, WalHealth, WalWriter};
 
 /// Everything `run` and `serve` need.
 #[derive(Debug, Clone)]
@@ -59,6 +60,10 @@ pub struct WalConfig {
     pub group_commit_max: usize,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_window_ms: u64,
+    /// How long one append may take (`--wal-append-timeout-ms`).
+    pub append_deadline: Duration,
+    /// Free space kept on the WAL's filesystem (`--wal-min-free-mib`).
+    pub min_free_bytes: u64,
 }
 
 /// Why the pipeline could not start or ended badly.
@@ -94,12 +99,16 @@ impl Pipeline {
     /// [`AppError`] if the WAL cannot be opened or the address cannot be bound. An unreachable
     /// Kafka is not an error: ingest works and the flusher retries.
     pub async fn start(config: PipelineConfig) -> Result<Pipeline, AppError> {
-        let (log, node, wal_id) = open_wal(&config)?;
-        let listener =
-            TcpListener::bind(config.listen).await.map_err(|source| AppError::Bind { addr: config.listen, source })?;
+        let (sled_log, node, wal_id) = open_wal(&config)?;
+        let health = Arc::new(WalHealth::new(config.wal.append_deadline));
+        let log: Arc<dyn LogStore> = Arc::new(GuardedLog::new(sled_log, health.clone()));
+        let listener = bind(config.listen, "listen").await?;
         let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: config.listen, source })?;
         let (shutdown, _) = watch::channel(false);
-        let writer = WalWriter::start(log.clone(), config.wal.group_commit_max);
+        let writer = WalWriter::start(log.clone(), config.wal.group_commit_max, health.clone());
+        let disk = Arc::new(DiskWatch::new(&config.wal.dir, config.wal.min_free_bytes));
+        disk.sample(log.live_bytes());
+        tokio::spawn(heal::watch(disk.clone(), health.clone(), log.clone(), vec![("listen", addr)]));
         let runtime = tokio::runtime::Handle::current();
         let flush_status = Arc::new(FlushStatus::default());
 
@@ -132,6 +141,8 @@ impl Pipeline {
             flush: flush_status,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
             reserved_bytes: Default::default(),
+            health,
+            disk,
         });
         info!(%addr, %node, guarantee = ?config.kafka.guarantee, transform = worker.is_some(), "Collector listening.");
         let stages = Stages { flusher, worker, drain, transform_stop };
@@ -171,6 +182,13 @@ impl Pipeline {
     pub async fn wait(self) -> Result<(), AppError> {
         self.task.await.map_err(|e| AppError::Panicked(e.to_string()))?
     }
+}
+
+/// A listener on `addr`, or, after a restart in place (see `heal.rs`), on the address the
+/// listener `name` had before it (the same port, also when `addr` asked for any).
+async fn bind(addr: SocketAddr, name: &str) -> Result<TcpListener, AppError> {
+    let addr = heal::rebind_address(name).unwrap_or(addr);
+    TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })
 }
 
 /// Opens the WAL and settles the node id (`--node-id`, or the one the WAL stores) and the

@@ -147,6 +147,16 @@ pub struct WalArgs {
     /// Most requests made durable by one fsync.
     #[arg(long, env = "COLLECTOR_WAL_GROUP_COMMIT_MAX", default_value_t = 1024)]
     pub wal_group_commit_max: usize,
+    /// Deadline of one WAL append: a request whose record is not durable by then is answered
+    /// 503 wal_unavailable (a stalled disk never holds requests), and /readyz is unready while
+    /// that group commit still runs.
+    #[arg(long, env = "COLLECTOR_WAL_APPEND_TIMEOUT_MS", default_value_t = 5_000)]
+    pub wal_append_timeout_ms: u64,
+    /// Free space (MiB) kept on the WAL's filesystem: below it `/collect` answers 503 wal_full
+    /// and /readyz is unready, so the disk never fills up under the WAL (sled's own overhead
+    /// and anything else on that filesystem included).
+    #[arg(long, env = "COLLECTOR_WAL_MIN_FREE_MIB", default_value_t = 256)]
+    pub wal_min_free_mib: u64,
 }
 
 #[derive(Debug, Args)]
@@ -417,6 +427,11 @@ impl ServeArgs {
                 cache_bytes: positive("--wal-cache-mib", self.wal.wal_cache_mib)? * MIB,
                 group_commit_max: positive("--wal-group-commit-max", self.wal.wal_group_commit_max as u64)? as usize,
                 idempotency_window_ms: positive("--idempotency-window-secs", self.wal.idempotency_window_secs)? * 1000,
+                append_deadline: Duration::from_millis(positive(
+                    "--wal-append-timeout-ms",
+                    self.wal.wal_append_timeout_ms,
+                )?),
+                min_free_bytes: self.wal.wal_min_free_mib * MIB,
             },
             flush: FlushOptions {
                 batch_records: positive("--flush-batch-records", self.flush.flush_batch_records as u64)? as usize,

@@ -25,6 +25,8 @@
 //!   validation (simd-json). Ingest and the transform both read bodies with it.
 //! - [`ingest`]: HTTP server; decoding, limits, error responses, status pages.
 //! - [`wal`]: sled write-ahead log with group commit, checksummed framing, segment reclamation.
+//! - [`heal`]: the WAL's disk: free-space headroom, and a restart in place that reopens the
+//!   WAL after a storage fault.
 //! - [`flush`]: drains the WAL into the raw topic; acknowledges only what Kafka confirmed.
 //! - [`transform`]: raw request → rows; the consumer-group worker that produces them.
 //! - [`kafka`]: settings, topic creation, and the [`kafka::outbox`] both stages produce
@@ -44,6 +46,7 @@
 pub mod app;
 pub mod config;
 pub mod flush;
+pub mod heal;
 pub mod ingest;
 pub mod kafka;
 pub mod node;

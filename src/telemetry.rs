@@ -17,6 +17,8 @@ pub const WAL_LOST: &str = "collector_wal_lost_records_total";
 pub const WAL_SET_ASIDE: &str = "collector_wal_set_aside_total";
 pub const WAL_PENDING: &str = "collector_wal_pending_records";
 pub const WAL_DISK_BYTES: &str = "collector_wal_disk_bytes";
+pub const WAL_FAILURES: &str = "collector_wal_storage_failures_total";
+pub const WAL_DISK_FREE: &str = "collector_wal_disk_free_bytes";
 pub const FLUSH_DELIVERED: &str = "collector_flush_delivered_records_total";
 pub const FLUSH_FAILURES: &str = "collector_flush_failed_batches_total";
 pub const TRANSFORM_ROWS: &str = "collector_transform_rows_total";
@@ -64,6 +66,14 @@ pub fn wal_record_quarantined() {
 
 pub fn wal_records_lost(records: u64) {
     counter!(WAL_LOST).increment(records);
+}
+
+pub fn wal_failed() {
+    counter!(WAL_FAILURES).increment(1);
+}
+
+pub fn wal_disk_free(bytes: u64) {
+    gauge!(WAL_DISK_FREE).set(bytes as f64);
 }
 
 pub fn wal_set_aside() {

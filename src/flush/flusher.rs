@@ -18,7 +18,7 @@ use crate::kafka::ProducerOptions;
 use crate::kafka::{self, headers, Guarantee, KafkaSettings, KafkaStageError, OutMessage, Outbox, OutboxError};
 use crate::node::NodeId;
 use crate::retry::{Backoff, Stop};
-use crate::wal::{record, LogStore, ReadRecord};
+use crate::wal::{record, LogStore, ReadRecord, WalError};
 
 /// Settings of the flusher.
 #[derive(Debug, Clone)]
@@ -180,6 +180,12 @@ impl FlushLoop<'_> {
             Ok(records) => {
                 *failures = 0;
                 Ok(Some(records))
+            }
+            Err(WalError::Unavailable(_)) => {
+                // The WAL failed on a write and waits to be reopened (`crate::heal`); not a
+                // fault of these records, so nothing is counted.
+                self.backoff.pause(self.runtime, self.stop);
+                Ok(None)
             }
             Err(e) => {
                 *failures += 1;

@@ -11,7 +11,8 @@ use crate::wal::WalError;
 /// Everything that can go wrong with one `/collect` request.
 ///
 /// Policy: client errors (4xx) are the client's to fix and are never retried by us; 503s are
-/// retryable and carry `Retry-After`; a 500 means the WAL itself failed and an operator must look.
+/// retryable and carry `Retry-After` (a failed or stalled disk is one: `wal_unavailable`); a
+/// 500 is a bug of ours.
 /// Each variant has a stable machine-readable `code`.
 #[derive(Debug, Error)]
 pub enum IngestError {
@@ -37,6 +38,8 @@ pub enum IngestError {
     IdempotencyKeyReused,
     #[error("the write-ahead log is full while Kafka catches up; retry later")]
     WalFull,
+    #[error("the write-ahead log is not available; nothing was stored, retry later")]
+    WalUnavailable,
     #[error("the collector is shutting down; retry against another instance or later")]
     Draining,
     #[error("too many requests in flight; retry later")]
@@ -63,6 +66,7 @@ impl IngestError {
             IngestError::BadIdempotencyKey(_) => "invalid_idempotency_key",
             IngestError::IdempotencyKeyReused => "idempotency_key_reused",
             IngestError::WalFull => "wal_full",
+            IngestError::WalUnavailable => "wal_unavailable",
             IngestError::Draining => "draining",
             IngestError::Overloaded => "overloaded",
             IngestError::Wal(e) if e.is_retryable() => "wal_unavailable",
@@ -86,7 +90,9 @@ impl IngestError {
             IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             IngestError::BadIdempotencyKey(_) => StatusCode::BAD_REQUEST,
             IngestError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            IngestError::Draining | IngestError::WalFull | IngestError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Draining | IngestError::WalFull | IngestError::WalUnavailable | IngestError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             IngestError::Wal(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Wal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             IngestError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -170,8 +176,11 @@ mod tests {
     async fn errors_of_the_collectors_machinery_carry_no_internal_text() {
         let internal = "IO error: /var/lib/collector/sled/blobs/17: Input/output error (os error 5)";
         let (status, body) = body_of(IngestError::Wal(WalError::Storage(internal.into()))).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("wal_unavailable") && !body.contains("/var/lib") && !body.contains("os error"), "{body}");
+        let (status, body) = body_of(IngestError::Wal(WalError::Config(internal.into()))).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(body.contains("wal_error") && !body.contains("/var/lib") && !body.contains("os error"), "{body}");
+        assert!(body.contains("wal_error") && !body.contains("/var/lib"), "{body}");
         let (status, body) = body_of(IngestError::Wal(WalError::Closed)).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("wal_unavailable"), "{body}");

@@ -8,7 +8,9 @@
 //! request. Bodies are read with the [`crate::schema`]; ingest adds its own limits: bytes on the
 //! wire and after gzip decoding; events per request, bytes per field, of `ctx` and of the rows a
 //! request turns into; and one reading for every JSON parser (no duplicate keys, no raw control
-//! characters) ([`validate`]). Slow bodies and slow headers time out. `/collect` and `/readyz` share one readiness check ([`IngestState::unready`]).
+//! characters) ([`validate`]). Slow bodies and slow headers time out. `/collect` and `/readyz` share one readiness check ([`IngestState::unready`]):
+//! draining, a failed or stalled WAL (`wal_unavailable`), the WAL quota or its disk's free-space
+//! headroom (`wal_full`).
 //! Not guaranteed: a client whose connection drops after the WAL append but before the response
 //! will retry and may store the batch twice (unless it sends an `Idempotency-Key`).
 

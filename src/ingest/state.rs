@@ -12,7 +12,8 @@ use super::body::BodyLimits;
 use super::validate::EventLimits;
 use super::IngestError;
 use crate::flush::FlushStatus;
-use crate::wal::{LogStore, WalWriter};
+use crate::heal::DiskWatch;
+use crate::wal::{LogStore, WalFault, WalHealth, WalWriter};
 
 /// Settings of the HTTP server.
 #[derive(Debug, Clone)]
@@ -51,6 +52,10 @@ pub struct IngestState {
     /// Bytes of bodies read but not yet in the WAL: counted against the quota, so requests
     /// arriving together cannot overshoot it.
     pub reserved_bytes: AtomicU64,
+    /// Whether the WAL's storage failed or stalls.
+    pub health: Arc<WalHealth>,
+    /// Free space on the WAL's filesystem.
+    pub disk: Arc<DiskWatch>,
 }
 
 impl IngestState {
@@ -66,7 +71,7 @@ impl IngestState {
     pub fn reserve(&self, bytes: usize) -> Result<Reservation<'_>, IngestError> {
         let bytes = bytes as u64;
         let ahead = self.reserved_bytes.fetch_add(bytes, Ordering::AcqRel);
-        if self.log.live_bytes() + ahead >= self.options.max_wal_bytes {
+        if self.full(ahead) {
             self.reserved_bytes.fetch_sub(bytes, Ordering::AcqRel);
             return Err(IngestError::WalFull);
         }
@@ -91,8 +96,10 @@ impl Drop for Reservation<'_> {
 pub enum Unready {
     /// Shutdown started.
     Draining,
-    /// The WAL holds its quota of undelivered data.
+    /// The WAL holds its quota of undelivered data, or its disk is down to the free space kept.
     WalFull,
+    /// The WAL's storage failed (until it is reopened) or a group commit is stalled.
+    WalUnavailable,
 }
 
 impl Unready {
@@ -101,6 +108,7 @@ impl Unready {
         match self {
             Unready::Draining => "draining",
             Unready::WalFull => "wal_full",
+            Unready::WalUnavailable => "wal_unavailable",
         }
     }
 }
@@ -110,6 +118,7 @@ impl From<Unready> for IngestError {
         match u {
             Unready::Draining => IngestError::Draining,
             Unready::WalFull => IngestError::WalFull,
+            Unready::WalUnavailable => IngestError::WalUnavailable,
         }
     }
 }
@@ -120,10 +129,23 @@ impl IngestState {
     pub fn unready(&self) -> Option<Unready> {
         if self.draining.load(Ordering::Acquire) {
             Some(Unready::Draining)
-        } else if self.log.live_bytes() + self.reserved_bytes.load(Ordering::Acquire) >= self.options.max_wal_bytes {
+        } else if self.health.fault().is_some() {
+            Some(Unready::WalUnavailable)
+        } else if self.full(self.reserved_bytes.load(Ordering::Acquire)) {
             Some(Unready::WalFull)
         } else {
             None
         }
+    }
+
+    /// Whether the WAL, with `reserved` bytes more, reaches its quota or its disk's headroom.
+    fn full(&self, reserved: u64) -> bool {
+        let live = self.log.live_bytes();
+        live + reserved >= self.options.max_wal_bytes || self.disk.low(live, reserved)
+    }
+
+    /// The WAL's fault, for the status page.
+    pub fn wal_fault(&self) -> Option<WalFault> {
+        self.health.fault()
     }
 }

@@ -22,6 +22,9 @@ struct Status {
     ready: bool,
     draining: bool,
     uptime_secs: u64,
+    /// Why the WAL takes no appends (a failed or stalled disk), if it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal_fault: Option<String>,
     wal: WalStats,
     flush: FlushSnapshot,
 }
@@ -38,6 +41,10 @@ fn snapshot(state: &IngestState) -> Status {
         ready,
         draining,
         uptime_secs: state.started.elapsed().as_secs(),
+        wal_fault: state.wal_fault().map(|f| match f {
+            crate::wal::WalFault::Failed(reason) => format!("failed: {reason}"),
+            crate::wal::WalFault::Stalled(running) => format!("a group commit has run for {running:?}"),
+        }),
         wal,
         flush: state.flush.snapshot(),
     }

@@ -52,6 +52,12 @@
 //! **Group commit.** One writer thread ([`WalWriter`]) appends whatever requests are waiting
 //! as one sled batch and fsyncs once for all of them.
 //!
+//! **Storage faults.** The first storage error of a write fails the log for the process
+//! ([`GuardedLog`], `guard.rs`): later calls are refused without touching sled, and nothing
+//! written but not fsynced before the failure is ever treated as durable. `crate::heal` reopens
+//! the WAL — by restarting the process in place — once the disk is usable again. An append
+//! that misses its deadline is answered as not stored ([`WalError::TimedOut`]).
+//!
 //! **What survives a crash.** Everything that was fsynced: all records whose `append`
 //! returned, and the last flushed watermark. Records written but not yet fsynced may or may
 //! not survive; their clients never got a 2xx.
@@ -83,6 +89,7 @@
 //! `<= seq` is dropped with `drop_tree`.
 
 mod error;
+mod guard;
 pub mod idempotency;
 mod inspect;
 mod keys;
@@ -93,6 +100,7 @@ mod sequence;
 mod writer;
 
 pub use error::WalError;
+pub use guard::{GuardedLog, WalFault, WalHealth};
 pub use idempotency::{IdempotencyKey, KeyRecord};
 pub use inspect::Inspection;
 pub use log::{LogOptions, LogStore, Quarantined, ReadRecord, SledLog, VerifyReport, WalStats};

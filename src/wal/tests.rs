@@ -1,6 +1,9 @@
 //! Tests of the sled log and the group-commit writer.
 
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::record::{self, Entry};
 use super::*;
@@ -133,22 +136,39 @@ fn a_record_set_aside_is_never_read_again_and_keeps_its_bytes_and_reason() {
     assert_eq!(log.stats().quarantined, 1);
 }
 
-/// Counts fsyncs and makes each one slow, as on a real disk.
-struct CountingLog {
-    inner: SledLog,
-    syncs: std::sync::atomic::AtomicUsize,
+/// A real log with a disk's troubles on demand: each fsync is counted and slow (as on a real
+/// disk); appends can be made to fail (as on a full disk) or to block (a stalled one).
+#[derive(Default)]
+struct ScriptedDisk {
+    syncs: AtomicUsize,
+    /// Appends that reached the log.
+    appends: AtomicUsize,
+    /// The next append fails with this storage error.
+    fail_next_append: std::sync::Mutex<Option<String>>,
+    /// Each append first sleeps this long.
+    append_delay_ms: AtomicU64,
 }
 
-impl LogStore for CountingLog {
+struct ScriptedLog {
+    inner: SledLog,
+    disk: ScriptedDisk,
+}
+
+impl LogStore for ScriptedLog {
     fn append(&self, frames: &[Vec<u8>], keys: &[(usize, IdempotencyKey)]) -> Result<u64, WalError> {
+        self.disk.appends.fetch_add(1, SeqCst);
+        std::thread::sleep(Duration::from_millis(self.disk.append_delay_ms.load(SeqCst)));
+        if let Some(reason) = self.disk.fail_next_append.lock().unwrap().take() {
+            return Err(WalError::Storage(reason));
+        }
         self.inner.append(frames, keys)
     }
     fn lookup_key(&self, key: &[u8]) -> Result<Option<KeyRecord>, WalError> {
         self.inner.lookup_key(key)
     }
     fn sync(&self) -> Result<(), WalError> {
-        self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        self.disk.syncs.fetch_add(1, SeqCst);
+        std::thread::sleep(Duration::from_millis(5));
         self.inner.sync()
     }
     fn read(&self, from: u64, upto: u64, max_records: usize, max_bytes: usize) -> Result<Vec<ReadRecord>, WalError> {
@@ -171,12 +191,24 @@ impl LogStore for CountingLog {
     }
 }
 
+/// A writer over a scripted log behind the fault guard, with this append deadline.
+fn guarded_writer(dir: &std::path::Path, deadline: Duration) -> (WalWriter, Arc<ScriptedLog>, Arc<WalHealth>) {
+    let scripted = Arc::new(ScriptedLog { inner: open(dir, 1 << 20), disk: ScriptedDisk::default() });
+    let health = Arc::new(WalHealth::new(deadline));
+    let guarded: Arc<dyn LogStore> = Arc::new(GuardedLog::new(scripted.clone(), health.clone()));
+    (WalWriter::start(guarded, 64, health.clone()), scripted, health)
+}
+
+fn health() -> Arc<WalHealth> {
+    Arc::new(WalHealth::new(Duration::from_secs(30)))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_fsyncs_and_all_become_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let counting = Arc::new(CountingLog { inner: open(dir.path(), 1 << 20), syncs: Default::default() });
+    let counting = Arc::new(ScriptedLog { inner: open(dir.path(), 1 << 20), disk: ScriptedDisk::default() });
     let log: Arc<dyn LogStore> = counting.clone();
-    let writer = WalWriter::start(log.clone(), 64);
+    let writer = WalWriter::start(log.clone(), 64, health());
     let tasks: Vec<_> = (0..200u64)
         .map(|n| {
             let w = writer.clone();
@@ -196,7 +228,7 @@ async fn concurrent_appends_share_fsyncs_and_all_become_durable() {
     assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "every append gets a distinct consecutive sequence number");
     assert_eq!(*writer.durable().borrow(), 200);
     assert_eq!(log.read(1, 200, 1000, usize::MAX).unwrap().len(), 200);
-    let syncs = counting.syncs.load(std::sync::atomic::Ordering::SeqCst);
+    let syncs = counting.disk.syncs.load(SeqCst);
     assert!(syncs < 200, "200 concurrent appends took {syncs} fsyncs; group commit should share them");
 }
 
@@ -208,7 +240,7 @@ fn key(k: &str, fingerprint: u64) -> Option<IdempotencyKey> {
 async fn an_idempotency_key_stores_once_even_when_retries_race() {
     let dir = tempfile::tempdir().unwrap();
     let log: Arc<dyn LogStore> = Arc::new(open(dir.path(), 1 << 20));
-    let writer = WalWriter::start(log.clone(), 64);
+    let writer = WalWriter::start(log.clone(), 64, health());
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let w = writer.clone();
@@ -272,4 +304,48 @@ fn live_bytes_follow_appends_and_reclamation_and_survive_a_reopen() {
     assert_eq!(log.stats().live_bytes, 2 * size);
     log.ack_through(4).unwrap();
     assert_eq!(log.live_bytes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_error_fails_the_wal_and_nothing_touches_the_disk_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, scripted, health) = guarded_writer(dir.path(), Duration::from_secs(30));
+    assert!(matches!(writer.append(frame(1), None).await, Ok(Appended::Stored(1))));
+    *scripted.disk.fail_next_append.lock().unwrap() = Some("No space left on device (os error 28)".into());
+    let failed = writer.append(frame(2), None).await;
+    assert!(matches!(&failed, Err(WalError::Storage(_))), "{failed:?}");
+    assert_eq!(health.failure(), Some("No space left on device (os error 28)"));
+    assert_eq!(*writer.durable().borrow(), 1, "the failed group is never published as durable");
+
+    // Refused at once, without another call into the (possibly hanging) engine.
+    let appends = scripted.disk.appends.load(SeqCst);
+    let later = writer.append(frame(3), None).await;
+    assert!(matches!(&later, Err(WalError::Unavailable(_))), "{later:?}");
+    assert!(later.as_ref().unwrap_err().is_retryable(), "clients are told to retry");
+    assert_eq!(scripted.disk.appends.load(SeqCst), appends, "the failed log was not written again");
+    let guarded = GuardedLog::new(scripted.clone(), health.clone());
+    assert!(matches!(guarded.read(1, 1, 10, usize::MAX), Err(WalError::Unavailable(_))));
+    assert!(matches!(guarded.ack_through(1), Err(WalError::Unavailable(_))));
+    assert!(matches!(guarded.sync(), Err(WalError::Unavailable(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_disk_answers_at_the_deadline_and_is_reported_until_the_commit_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, scripted, health) = guarded_writer(dir.path(), Duration::from_millis(200));
+    scripted.disk.append_delay_ms.store(1500, SeqCst);
+    let stalled = writer.append(frame(1), None).await;
+    assert!(matches!(stalled, Err(WalError::TimedOut(200))), "{stalled:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(matches!(health.fault(), Some(WalFault::Stalled(_))), "{:?}", health.fault());
+
+    // The commit finishes after all: the disk was slow, not broken.
+    scripted.disk.append_delay_ms.store(0, SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while health.fault().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the stall was never cleared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(health.failure().is_none(), "slow is not failed");
+    assert!(matches!(writer.append(frame(2), None).await, Ok(Appended::Stored(2))));
 }

@@ -12,10 +12,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::error;
 
+use super::guard::WalHealth;
 use super::log::LogStore;
 use super::{IdempotencyKey, WalError};
 
@@ -45,31 +47,42 @@ type Reply = oneshot::Sender<Result<Appended, WalError>>;
 pub struct WalWriter {
     tx: mpsc::Sender<AppendRequest>,
     durable: watch::Receiver<u64>,
+    /// How long [`WalWriter::append`] waits for the outcome.
+    deadline: Duration,
 }
 
 impl WalWriter {
-    /// Starts the writer thread. It stops once every `WalWriter` clone is dropped.
-    pub fn start(log: Arc<dyn LogStore>, max_batch: usize) -> Self {
+    /// Starts the writer thread. It stops once every `WalWriter` clone is dropped. `health`
+    /// learns when each group commit starts and ends, and gives the append deadline.
+    pub fn start(log: Arc<dyn LogStore>, max_batch: usize, health: Arc<WalHealth>) -> Self {
         let initial = log.stats().next_seq - 1;
         let (durable_tx, durable) = watch::channel(initial);
         // The queue bound is the backpressure point: beyond it, requests wait to be queued.
         let (tx, rx) = mpsc::channel(max_batch * 4);
+        let deadline = health.append_deadline();
         thread::Builder::new()
             .name("wal-writer".into())
-            .spawn(move || commit_loop(log, rx, durable_tx, max_batch))
+            .spawn(move || commit_loop(log, rx, durable_tx, max_batch, &health))
             .expect("spawning the WAL writer thread");
-        WalWriter { tx, durable }
+        WalWriter { tx, durable, deadline }
     }
 
     /// Appends one framed record (with an optional idempotency key) and answers once the
-    /// outcome is durable.
+    /// outcome is durable, or once the deadline passed: a stalled disk never holds a request.
     ///
     /// # Errors
-    /// [`WalError::Closed`] if the writer is gone, or the storage error of the group commit.
+    /// [`WalError::Closed`] if the writer is gone, [`WalError::TimedOut`] past the deadline
+    /// (the record may still be stored later; the client was told it was not, and retries),
+    /// or the storage error of the group commit.
     pub async fn append(&self, frame: Vec<u8>, key: Option<IdempotencyKey>) -> Result<Appended, WalError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(AppendRequest { frame, key, reply }).await.map_err(|_| WalError::Closed)?;
-        rx.await.map_err(|_| WalError::Closed)?
+        let appended = async {
+            self.tx.send(AppendRequest { frame, key, reply }).await.map_err(|_| WalError::Closed)?;
+            rx.await.map_err(|_| WalError::Closed)?
+        };
+        tokio::time::timeout(self.deadline, appended)
+            .await
+            .map_err(|_| WalError::TimedOut(self.deadline.as_millis() as u64))?
     }
 
     /// Follows the highest sequence number known to be durable.
@@ -108,12 +121,15 @@ fn commit_loop(
     mut rx: mpsc::Receiver<AppendRequest>,
     durable_tx: watch::Sender<u64>,
     max_batch: usize,
+    health: &WalHealth,
 ) {
     let mut requests = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
         gather(&mut rx, first, &mut requests, max_batch);
+        health.commit_started();
         let group = Group::resolve(log.as_ref(), requests.drain(..));
         let outcome = commit(log.as_ref(), &group, &durable_tx);
+        health.commit_ended();
         answer(group.answers, &outcome);
     }
 }
