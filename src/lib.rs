@@ -23,7 +23,8 @@
 //!
 //! - [`schema`]: the event schema: request, event, context and user-id types, parsing and field
 //!   validation (simd-json). Ingest and the transform both read bodies with it.
-//! - [`ingest`]: HTTP server; decoding, limits, error responses, status pages.
+//! - [`ingest`]: HTTP server; decoding, limits, error responses, API keys and CORS, the status
+//!   pages (on a separate admin listener).
 //! - [`wal`]: sled write-ahead log with group commit, checksummed framing, segment reclamation.
 //! - [`flush`]: drains the WAL into the raw topic; acknowledges only what Kafka confirmed.
 //! - [`transform`]: raw request → rows; the consumer-group worker that produces them.

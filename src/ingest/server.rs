@@ -191,10 +191,12 @@ pub async fn serve(
             drop(permit);
         });
     }
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     drop(listener);
-    info!("Stopped accepting connections; waiting for in-flight requests.");
+    info!(%addr, "Stopped accepting connections; waiting for in-flight requests.");
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         warn!(
+            %addr,
             grace_ms = grace.as_millis() as u64,
             "Some connections were still open after the grace period; closing them."
         );
