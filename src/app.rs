@@ -144,23 +144,7 @@ impl Pipeline {
             reserved_bytes: Default::default(),
         });
         let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
-        if let Some(addr) = admin_addr {
-            info!(%addr, "Admin listening. Status page, /metrics, /healthz, /readyz.");
-        }
-        let keys = &config.server.api_keys;
-        if !keys.is_open() {
-            let clients: Vec<String> = keys.clients().iter().map(ToString::to_string).collect();
-            info!(clients = %clients.join(","), "API keys required on /collect; clients named by id.");
-        }
-        info!(
-            %addr,
-            %node,
-            guarantee = ?config.kafka.guarantee,
-            transform = worker.is_some(),
-            api_keys = !keys.is_open(),
-            cors = config.server.cors.is_enabled(),
-            "Collector listening."
-        );
+        log_listening(&config, addr, admin_addr, &node, worker.is_some());
         let stages = Stages { flusher, worker, drain, transform_stop };
         let log = state.log.clone();
         let listeners = Listeners { public: listener, admin: admin.map(|(listener, _)| listener) };
@@ -228,6 +212,29 @@ fn open_wal(config: &PipelineConfig) -> Result<(Arc<dyn LogStore>, NodeId, Strin
     Ok((Arc::new(sled_log), node, wal_id))
 }
 
+/// The start-up lines: the admin address first, then the public one, which says the collector
+/// is up (tests and scripts wait for it); API key clients by id, never a key.
+fn log_listening(config: &PipelineConfig, addr: SocketAddr, admin: Option<SocketAddr>, node: &NodeId, transform: bool) {
+    if let Some(addr) = admin {
+        info!(%addr, "Admin listening. Status page, /metrics, /healthz, /readyz.");
+    }
+    let keys = &config.server.api_keys;
+    if !keys.is_open() {
+        let clients: Vec<String> = keys.clients().iter().map(ToString::to_string).collect();
+        info!(clients = %clients.join(","), "API keys required on /collect; clients named by id.");
+    }
+    info!(
+        %addr,
+        %node,
+        guarantee = ?config.kafka.guarantee,
+        transform,
+        api_keys = !keys.is_open(),
+        cors = config.server.cors.is_enabled(),
+        "Collector listening."
+    );
+}
+
+/// Binds `addr`; the address actually bound is returned too (port 0 picks one).
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), AppError> {
     let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })?;
     let bound = listener.local_addr().map_err(|source| AppError::Bind { addr, source })?;
