@@ -13,7 +13,7 @@ TOPIC="backlog-$(date +%s)"
 target/release/examples/wal_fill --dir "$WORK/wal" --records "$RECORDS"
 
 start_serve() {
-  target/release/collector serve --listen "$LISTEN" --wal-dir "$WORK/wal" --brokers "$BROKERS" \
+  target/release/collector serve --listen "$LISTEN" --admin-listen "$ADMIN" --wal-dir "$WORK/wal" --brokers "$BROKERS" \
     --raw-topic "$TOPIC" --log warn >>"$WORK/collector.log" 2>&1 &
   pid=$!
   local t0; t0=$(ms)

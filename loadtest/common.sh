@@ -1,11 +1,13 @@
 # Shared by the loadtest scripts (sourced, not run): a scratch directory, the local Kafka (started
 # if none answers on KAFKA_PORT, stopped again on exit), release builds of the collector and
-# wal_fill, and small helpers. The sourcing script sets LISTEN_PORT's default before sourcing.
+# wal_fill, and small helpers. The sourcing script sets LISTEN_PORT's default before sourcing; the
+# admin listener (status page, metrics) is on ADMIN_PORT, default LISTEN_PORT + 1000.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 BROKERS="127.0.0.1:${KAFKA_PORT:-9092}"
 LISTEN="127.0.0.1:${LISTEN_PORT:?}"
+ADMIN="127.0.0.1:${ADMIN_PORT:-$((LISTEN_PORT + 1000))}"
 WORK="$(mktemp -d)"
 started_kafka=0
 cleanup() {
@@ -19,5 +21,5 @@ cargo build --release --bin collector --example wal_fill >&2
 
 # Milliseconds since the epoch.
 ms() { date +%s%3N; }
-# Pending WAL records of the collector on $LISTEN, from its JSON status page.
-pending() { curl -s -H 'Accept: application/json' "http://$LISTEN/" | sed -n 's/.*"pending_records":\([0-9]*\).*/\1/p'; }
+# Pending WAL records of the collector, from the JSON status page on its admin listener.
+pending() { curl -s -H 'Accept: application/json' "http://$ADMIN/" | sed -n 's/.*"pending_records":\([0-9]*\).*/\1/p'; }

@@ -20,7 +20,7 @@ for mode in at-least-once exactly-once; do
   rm -rf "$WORK/wal"
   target/release/examples/wal_fill --dir "$WORK/wal" --records "$RECORDS"
   t0=$(ms)
-  target/release/collector run --listen "$LISTEN" --wal-dir "$WORK/wal" --brokers "$BROKERS" \
+  target/release/collector run --listen "$LISTEN" --admin-listen "$ADMIN" --wal-dir "$WORK/wal" --brokers "$BROKERS" \
     --raw-topic "$id-raw" --transformed-topic "$id-rows" --dead-letter-topic "$id-dlq" \
     --group-id "$id" --node-id "$id" --delivery-guarantee "$mode" --log warn 2>>"$WORK/collector.log" &
   pid=$!

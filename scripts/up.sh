@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings the whole pipeline up: a local Kafka (unless COLLECTOR_BROKERS names one), then
-# `collector run` (ingest + WAL + flusher + transform) on 127.0.0.1:8000. Ctrl-C drains and
-# stops it, and stops the Kafka this script started (set KEEP_KAFKA=1 to leave it running).
+# `collector run` (ingest + WAL + flusher + transform) on 127.0.0.1:8000, with its status page
+# and metrics on 127.0.0.1:8001 (the admin listener). Ctrl-C drains and stops it, and stops the
+# Kafka this script started (set KEEP_KAFKA=1 to leave it running).
 #
 #   scripts/up.sh [extra collector flags, e.g. --listen 0.0.0.0:8000]
 #
@@ -30,7 +31,7 @@ echo "up.sh: building collector (release; the first build compiles librdkafka an
 cargo build --release --bin collector
 export COLLECTOR_WAL_DIR="${COLLECTOR_WAL_DIR:-$ROOT/.local/wal}"
 mkdir -p "$(dirname "$COLLECTOR_WAL_DIR")"
-echo "up.sh: collector on http://127.0.0.1:8000 (brokers $COLLECTOR_BROKERS, WAL $COLLECTOR_WAL_DIR); Ctrl-C to stop" >&2
+echo "up.sh: collector on http://127.0.0.1:8000, status page and /metrics on http://127.0.0.1:8001 (brokers $COLLECTOR_BROKERS, WAL $COLLECTOR_WAL_DIR); Ctrl-C to stop" >&2
 # Not exec: the trap must run after the collector exits. Forward Ctrl-C/TERM to it.
 target/release/collector run "$@" &
 pid=$!

@@ -10,11 +10,16 @@
 //! must not keep acknowledging requests it will never deliver. The error is returned by
 //! [`Pipeline::stop`], so the process exits non-zero.
 //!
+//! The admin listener (status page, `/metrics`, `/healthz`, `/readyz`) keeps serving through the
+//! drain, so its progress can be watched, and stops once the stages have; it is given
+//! [`ADMIN_EXIT_GRACE`] for requests in flight.
+//!
 //! How long shutdown takes at most ([`PipelineConfig::longest_shutdown`]): the in-flight
 //! requests' grace, the drain deadline, [`STAGE_EXIT_GRACE`] for the flusher and again for the
-//! transform worker, and [`RUNTIME_EXIT_GRACE`]: with the defaults 5 + 15 + 3 + 3 + 0.5 =
-//! 26.5 s, inside the 30 s an orchestrator usually grants between SIGTERM and SIGKILL
-//! (Kubernetes' `terminationGracePeriodSeconds`). A second signal ends it at once (the binary).
+//! transform worker, [`ADMIN_EXIT_GRACE`] and [`RUNTIME_EXIT_GRACE`]: with the defaults
+//! 5 + 15 + 3 + 3 + 0.25 + 0.5 = 26.75 s, inside the 30 s an orchestrator usually grants between
+//! SIGTERM and SIGKILL (Kubernetes' `terminationGracePeriodSeconds`). A second signal ends it at
+//! once (the binary).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -41,6 +46,8 @@ use crate::wal::{GuardedLog, LogOptions, LogStore, SledLog, WalError, WalHealth,
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub listen: SocketAddr,
+    /// Where the status page and `/metrics` are served; `None`: nowhere.
+    pub admin_listen: Option<SocketAddr>,
     /// `None`: use the id stored in the WAL (generated when the WAL was created).
     pub node_id: Option<NodeId>,
     pub server: ServerOptions,
@@ -82,6 +89,7 @@ pub enum AppError {
 /// A started pipeline.
 pub struct Pipeline {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     /// For a last look at what stays undelivered when the process has to go at once.
     log: Arc<dyn LogStore>,
     /// True once shutdown started: asked for by [`Pipeline::stop`], or by a failed stage.
@@ -93,22 +101,27 @@ pub struct Pipeline {
 type StageTask = JoinHandle<Result<(), AppError>>;
 
 impl Pipeline {
-    /// Opens the WAL, binds the listener and starts every stage.
+    /// Opens the WAL, binds the listeners and starts every stage.
     ///
     /// # Errors
-    /// [`AppError`] if the WAL cannot be opened or the address cannot be bound. An unreachable
+    /// [`AppError`] if the WAL cannot be opened or an address cannot be bound. An unreachable
     /// Kafka is not an error: ingest works and the flusher retries.
     pub async fn start(config: PipelineConfig) -> Result<Pipeline, AppError> {
         let (sled_log, node, wal_id) = open_wal(&config)?;
         let health = Arc::new(WalHealth::new(config.wal.append_deadline));
         let log: Arc<dyn LogStore> = Arc::new(GuardedLog::new(sled_log, health.clone()));
-        let listener = bind(config.listen, "listen").await?;
-        let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: config.listen, source })?;
+        let (listener, addr) = bind(config.listen, "listen").await?;
+        let admin = match config.admin_listen {
+            Some(admin) => Some(bind(admin, "admin").await?),
+            None => None,
+        };
         let (shutdown, _) = watch::channel(false);
         let writer = WalWriter::start(log.clone(), config.wal.group_commit_max, health.clone());
         let disk = Arc::new(DiskWatch::new(&config.wal.dir, config.wal.min_free_bytes));
         disk.sample(log.live_bytes());
-        tokio::spawn(heal::watch(disk.clone(), health.clone(), log.clone(), vec![("listen", addr)]));
+        let mut addresses = vec![("listen", addr)];
+        addresses.extend(admin.as_ref().map(|(_, bound)| ("admin", *bound)));
+        tokio::spawn(heal::watch(disk.clone(), health.clone(), log.clone(), addresses));
         let runtime = tokio::runtime::Handle::current();
         let flush_status = Arc::new(FlushStatus::default());
 
@@ -144,16 +157,23 @@ impl Pipeline {
             health,
             disk,
         });
-        info!(%addr, %node, guarantee = ?config.kafka.guarantee, transform = worker.is_some(), "Collector listening.");
+        let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
+        log_listening(&config, addr, admin_addr, &node, worker.is_some());
         let stages = Stages { flusher, worker, drain, transform_stop };
         let log = state.log.clone();
-        let task = tokio::spawn(serve_then_drain(config, listener, state, shutdown.subscribe(), stages));
-        Ok(Pipeline { addr, log, shutdown, task })
+        let listeners = Listeners { public: listener, admin: admin.map(|(listener, _)| listener) };
+        let task = tokio::spawn(serve_then_drain(config, listeners, state, shutdown.subscribe(), stages));
+        Ok(Pipeline { addr, admin_addr, log, shutdown, task })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address actually bound, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The WAL, to read its statistics.
@@ -184,13 +204,6 @@ impl Pipeline {
     }
 }
 
-/// A listener on `addr`, or, after a restart in place (see `heal.rs`), on the address the
-/// listener `name` had before it (the same port, also when `addr` asked for any).
-async fn bind(addr: SocketAddr, name: &str) -> Result<TcpListener, AppError> {
-    let addr = heal::rebind_address(name).unwrap_or(addr);
-    TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })
-}
-
 /// Opens the WAL and settles the node id (`--node-id`, or the one the WAL stores) and the
 /// WAL's own identity.
 fn open_wal(config: &PipelineConfig) -> Result<(Arc<dyn LogStore>, NodeId, String), AppError> {
@@ -213,6 +226,44 @@ fn open_wal(config: &PipelineConfig) -> Result<(Arc<dyn LogStore>, NodeId, Strin
     Ok((Arc::new(sled_log), node, wal_id))
 }
 
+/// The start-up lines: the admin address first, then the public one, which says the collector
+/// is up (tests and scripts wait for it); API key clients by id, never a key.
+fn log_listening(config: &PipelineConfig, addr: SocketAddr, admin: Option<SocketAddr>, node: &NodeId, transform: bool) {
+    if let Some(addr) = admin {
+        info!(%addr, "Admin listening. Status page, /metrics, /healthz, /readyz.");
+    }
+    let keys = &config.server.api_keys;
+    if !keys.is_open() {
+        let clients: Vec<String> = keys.clients().iter().map(ToString::to_string).collect();
+        info!(clients = %clients.join(","), "API keys required on /collect; clients named by id.");
+    }
+    info!(
+        %addr,
+        %node,
+        guarantee = ?config.kafka.guarantee,
+        transform,
+        api_keys = !keys.is_open(),
+        cors = config.server.cors.is_enabled(),
+        "Collector listening."
+    );
+}
+
+/// Binds `addr`; the address actually bound is returned too (port 0 picks one).
+async fn bind(addr: SocketAddr, name: &str) -> Result<(TcpListener, SocketAddr), AppError> {
+    // After a restart in place (see `heal.rs`): the address listener `name` had, so the same
+    // port also when `addr` asked for any.
+    let addr = heal::rebind_address(name).unwrap_or(addr);
+    let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| AppError::Bind { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// The bound sockets: the public one, and the admin one if configured.
+struct Listeners {
+    public: TcpListener,
+    admin: Option<TcpListener>,
+}
+
 /// The stages behind ingest, and how to stop them.
 struct Stages {
     flusher: StageTask,
@@ -223,14 +274,15 @@ struct Stages {
 }
 
 /// Serves HTTP until shutdown starts, then drains: in-flight requests, the WAL into Kafka (until
-/// the deadline), and finally the transform worker.
+/// the deadline), the transform worker, and finally the admin listener.
 async fn serve_then_drain(
     config: PipelineConfig,
-    listener: TcpListener,
+    listeners: Listeners,
     state: Arc<IngestState>,
     mut shutdown: watch::Receiver<bool>,
     stages: Stages,
 ) -> Result<(), AppError> {
+    let admin = listeners.admin.map(|listener| serve_admin(listener, state.clone(), &config.server));
     let app = ingest::router(state.clone());
     let signal_state = state.clone();
     let signal = async move {
@@ -238,7 +290,7 @@ async fn serve_then_drain(
         signal_state.draining.store(true, Ordering::Release);
         info!("Shutting down: no new requests; finishing in-flight ones.");
     };
-    ingest::serve(listener, app, &config.server, signal).await;
+    ingest::serve(listeners.public, app, &config.server, signal).await;
     drop(state);
     info!(
         timeout_ms = config.drain_timeout.as_millis() as u64,
@@ -256,7 +308,34 @@ async fn serve_then_drain(
         Some(w) => bounded(w, STAGE_EXIT_GRACE, "transform worker").await,
         None => Ok(()),
     };
+    if let Some((stop, server)) = admin {
+        let _ = stop.send(());
+        // `serve` bounds its own wait by ADMIN_EXIT_GRACE.
+        let _ = server.await;
+    }
     flushed.and(transformed)
+}
+
+/// Most connections the admin listener holds open: it serves people and scrapers, not traffic.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// Starts the admin listener; it serves until the returned sender is used (or dropped).
+fn serve_admin(
+    listener: TcpListener,
+    state: Arc<IngestState>,
+    server: &ServerOptions,
+) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let options =
+        ServerOptions { shutdown_grace: ADMIN_EXIT_GRACE, max_connections: ADMIN_MAX_CONNECTIONS, ..server.clone() };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let app = ingest::admin_router(state);
+    let task = tokio::spawn(async move {
+        ingest::serve(listener, app, &options, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    (stop, task)
 }
 
 /// Runs only the transform worker until `shutdown` resolves or the worker fails.
@@ -287,6 +366,10 @@ pub async fn run_transform(
 /// twice against the orchestrator's grace period.
 pub const STAGE_EXIT_GRACE: Duration = Duration::from_secs(3);
 
+/// How long the admin listener's requests in flight may take once the stages have stopped
+/// (status pages and scrapes take milliseconds).
+pub const ADMIN_EXIT_GRACE: Duration = Duration::from_millis(250);
+
 /// How long the runtime waits for its tasks when the process exits.
 pub const RUNTIME_EXIT_GRACE: Duration = Duration::from_millis(500);
 
@@ -294,7 +377,8 @@ impl PipelineConfig {
     /// The longest a graceful shutdown can take, from the signal to the process exit.
     pub fn longest_shutdown(&self) -> Duration {
         let stages = if self.transform.is_some() { 2 } else { 1 };
-        self.server.shutdown_grace + self.drain_timeout + STAGE_EXIT_GRACE * stages + RUNTIME_EXIT_GRACE
+        let admin = if self.admin_listen.is_some() { ADMIN_EXIT_GRACE } else { Duration::ZERO };
+        self.server.shutdown_grace + self.drain_timeout + STAGE_EXIT_GRACE * stages + admin + RUNTIME_EXIT_GRACE
     }
 }
 

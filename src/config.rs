@@ -2,8 +2,10 @@
 //! validated before anything starts, so a bad setting stops the boot instead of the first
 //! request.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -11,7 +13,8 @@ use thiserror::Error;
 
 use crate::app::{PipelineConfig, WalConfig};
 use crate::flush::FlushOptions;
-use crate::ingest::{BodyLimits, EventLimits, ServerOptions};
+use crate::ingest::auth::{self, ApiKeys};
+use crate::ingest::{BodyLimits, Cors, EventLimits, ServerOptions};
 use crate::kafka::{Guarantee, KafkaSettings, KafkaStageError, ProducerOptions, TxnTimeouts};
 use crate::node::NodeId;
 use crate::transform::TransformOptions;
@@ -75,9 +78,28 @@ pub struct TransformCmd {
 
 #[derive(Debug, Args)]
 pub struct IngestArgs {
-    /// Address the HTTP server listens on.
+    /// Address the HTTP server listens on: `/collect`, `/healthz`, `/readyz`.
     #[arg(long, env = "COLLECTOR_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
+    /// Address of the admin listener: the status page `/`, `/metrics`, `/healthz`, `/readyz`.
+    /// Loopback by default, so status and metrics are not exposed where events are taken;
+    /// `none` turns it off.
+    #[arg(long, env = "COLLECTOR_ADMIN_LISTEN", default_value = "127.0.0.1:8001")]
+    pub admin_listen: AdminListen,
+    /// File of API keys for /collect: one per line; `#` comments and blank lines are ignored.
+    /// With keys (from here or COLLECTOR_API_KEYS), /collect answers 401 without a valid one in
+    /// `X-Api-Key`, `Authorization: Bearer` or `?api_key=`. Read at start-up.
+    #[arg(long, env = "COLLECTOR_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// API keys for /collect, comma-separated. Prefer the environment variable or
+    /// --api-key-file: a value on the command line shows in `ps`.
+    #[arg(long, env = "COLLECTOR_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<SecretKey>,
+    /// Origin whose web pages may post to /collect (CORS), e.g. `https://shop.example`;
+    /// repeatable (in the environment comma-separated); `*` for any. None: no CORS headers,
+    /// and browsers keep other sites' pages from using the collector.
+    #[arg(long = "cors-origin", env = "COLLECTOR_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// Largest request body accepted on the wire, in bytes (compressed size for gzip).
     #[arg(long, env = "COLLECTOR_MAX_BODY_BYTES", default_value_t = 900_000)]
     pub max_body_bytes: usize,
@@ -280,6 +302,41 @@ pub enum WalAction {
     },
 }
 
+/// `--admin-listen`: an address, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminListen(pub Option<SocketAddr>);
+
+impl FromStr for AdminListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() || s.eq_ignore_ascii_case("none") {
+            return Ok(AdminListen(None));
+        }
+        s.parse()
+            .map(|addr| AdminListen(Some(addr)))
+            .map_err(|e| format!("{e}: write an address such as 127.0.0.1:8001, or none"))
+    }
+}
+
+/// An API key given on the command line or in the environment; `Debug` does not show it.
+#[derive(Clone)]
+pub struct SecretKey(String);
+
+impl FromStr for SecretKey {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretKey(s.trim().to_string()))
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+
 /// A setting that cannot work.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -402,8 +459,49 @@ impl IngestArgs {
             max_wal_bytes,
             max_connections: positive("--max-connections", self.max_connections as u64)? as usize,
             max_in_flight: positive("--max-in-flight", self.max_in_flight as u64)? as usize,
+            api_keys: self.api_keys()?,
+            cors: Cors::new(&self.cors_origins).map_err(ConfigError::Invalid)?,
         })
     }
+
+    /// The keys of `--api-keys` (`COLLECTOR_API_KEYS`) and `--api-key-file` together.
+    ///
+    /// # Errors
+    /// An unreadable key file, a key file without keys (the collector would be open while
+    /// meant to be closed), or a key [`ApiKeys::new`] refuses, named by its place, never shown.
+    fn api_keys(&self) -> Result<ApiKeys, ConfigError> {
+        let mut keys: Vec<String> = self.api_keys.iter().map(|k| k.0.clone()).filter(|k| !k.is_empty()).collect();
+        ApiKeys::new(&keys).map_err(|e| ConfigError::Invalid(format!("--api-keys (COLLECTOR_API_KEYS): {e}")))?;
+        if let Some(path) = &self.api_key_file {
+            keys.extend(read_key_file(path)?);
+        }
+        ApiKeys::new(&keys).map_err(ConfigError::Invalid)
+    }
+
+    /// The admin address, if any; it must differ from `--listen`.
+    fn admin_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.admin_listen.0 {
+            Some(admin) if admin == self.listen && admin.port() != 0 => {
+                Err(ConfigError::Invalid(format!("--admin-listen {admin} must differ from --listen")))
+            }
+            admin => Ok(admin),
+        }
+    }
+}
+
+/// The keys of an `--api-key-file`.
+fn read_key_file(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let name = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Invalid(format!("--api-key-file {name} cannot be read: {e}")))?;
+    let keys = auth::parse_key_file(&text);
+    if keys.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "--api-key-file {name} holds no key; /collect would be open (drop the flag to mean that)"
+        )));
+    }
+    ApiKeys::new(&keys).map_err(|e| ConfigError::Invalid(format!("--api-key-file {name}: {e}")))?;
+    Ok(keys)
 }
 
 impl ServeArgs {
@@ -419,6 +517,7 @@ impl ServeArgs {
         let kafka = self.kafka.settings()?;
         Ok(PipelineConfig {
             listen: i.listen,
+            admin_listen: i.admin_listen()?,
             node_id,
             server: i.server(&kafka, self.wal.wal_max_mib * MIB)?,
             wal: WalConfig {
@@ -485,6 +584,40 @@ mod tests {
         assert_eq!(cfg.server.limits.max_events, 1000);
         assert!(cfg.transform.is_some());
         assert!(parse(&["serve"]).unwrap().transform.is_none());
+        assert_eq!(cfg.admin_listen.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:8001"));
+        assert!(cfg.server.api_keys.is_open() && !cfg.server.cors.is_enabled(), "open and without CORS by default");
+    }
+
+    #[test]
+    fn keys_from_a_file_and_the_environment_add_up_and_bad_ones_refuse_to_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(&file, "# web\nkey-from-file-0123456789\n\n").unwrap();
+        let file = file.to_str().unwrap();
+        let cfg = parse(&["serve", "--api-key-file", file, "--api-keys", "key-from-env-0123456789,"]).unwrap();
+        assert_eq!(cfg.server.api_keys.clients().len(), 2);
+        assert!(!format!("{cfg:?}").contains("key-from"), "keys never show in the configuration's Debug");
+
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "# nothing yet\n").unwrap();
+        let err = parse(&["serve", "--api-key-file", empty.to_str().unwrap()]).unwrap_err();
+        assert!(err.contains("holds no key"), "{err}");
+        let err = parse(&["serve", "--api-key-file", "/no/such/file"]).unwrap_err();
+        assert!(err.contains("--api-key-file"), "{err}");
+        let err = parse(&["serve", "--api-keys", "short"]).unwrap_err();
+        assert!(err.contains("--api-keys") && !err.contains("short"), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_and_the_admin_address_are_checked_at_start_up() {
+        let cfg = parse(&["serve", "--cors-origin", "https://shop.example", "--cors-origin", "http://localhost:3000"]);
+        assert!(cfg.unwrap().server.cors.is_enabled());
+        assert!(parse(&["serve", "--cors-origin", "https://shop.example/"]).is_err());
+        assert_eq!(parse(&["serve", "--admin-listen", "none"]).unwrap().admin_listen, None);
+        assert!(parse(&["serve", "--admin-listen", "nowhere"]).is_err());
+        let err = parse(&["serve", "--listen", "127.0.0.1:9000", "--admin-listen", "127.0.0.1:9000"]).unwrap_err();
+        assert!(err.contains("--admin-listen"), "{err}");
+        assert!(parse(&["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]).is_ok());
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //!
 //! - [`schema`]: the event schema: request, event, context and user-id types, parsing and field
 //!   validation (simd-json). Ingest and the transform both read bodies with it.
-//! - [`ingest`]: HTTP server; decoding, limits, error responses, status pages.
+//! - [`ingest`]: HTTP server; decoding, limits, error responses, API keys and CORS, the status
+//!   pages (on a separate admin listener).
 //! - [`wal`]: sled write-ahead log with group commit, checksummed framing, segment reclamation.
 //! - [`heal`]: the WAL's disk: free-space headroom, and a restart in place that reopens the
 //!   WAL after a storage fault.

@@ -16,7 +16,7 @@ const RECORDS: u64 = 50_000;
 
 async fn pending(c: &Collector) -> u64 {
     let status: serde_json::Value = reqwest::Client::new()
-        .get(c.url("/"))
+        .get(c.admin_url("/"))
         .header("accept", "application/json")
         .send()
         .await

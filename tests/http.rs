@@ -110,29 +110,54 @@ async fn wrong_methods_and_paths_get_json_405_and_404() {
     assert_eq!(json["error"]["code"], "not_found");
 }
 
+/// The JSON status of the collector, from its admin listener.
+async fn status_json(c: &Collector) -> serde_json::Value {
+    client().get(c.admin_url("/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test]
-async fn status_pages_answer() {
+async fn the_status_page_and_metrics_are_served_on_the_admin_listener_only() {
     let (c, _wal) = start(&[]);
     let client = client();
+    assert_ne!(c.admin, Some(c.addr));
     assert_eq!(post(&c, &[JSON], SEED_SAMPLE).await.0, 200);
 
-    let health: serde_json::Value = client.get(c.url("/healthz")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(health["status"], "alive");
-    let ready = client.get(c.url("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 200);
+    // The public listener: health and readiness, but no status page and no metrics.
+    for url in [c.url("/healthz"), c.admin_url("/healthz")] {
+        let health: serde_json::Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        assert_eq!(health["status"], "alive");
+    }
+    for url in [c.url("/readyz"), c.admin_url("/readyz")] {
+        assert_eq!(client.get(url).send().await.unwrap().status(), 200);
+    }
+    for path in ["/", "/metrics"] {
+        let resp = client.get(c.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{path} is not on the public listener");
+        let json: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(json["error"]["code"], "not_found");
+    }
 
-    let html = client.get(c.url("/")).send().await.unwrap();
+    // The admin listener: the status page, for people and machines, and the metrics.
+    let html = client.get(c.admin_url("/")).send().await.unwrap();
     assert!(html.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(html.text().await.unwrap().contains("WAL pending records"));
-
-    let json: serde_json::Value =
-        client.get(c.url("/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap();
+    let json = status_json(&c).await;
     assert_eq!(json["wal"]["next_seq"], 2);
     assert_eq!(json["wal"]["pending_records"], 1, "Kafka is unreachable, so the record waits in the WAL");
-
-    let metrics = client.get(c.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = client.get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("collector_requests_accepted_total 1"), "{metrics}");
     assert!(metrics.contains("collector_wal_pending_records 1"), "{metrics}");
+    // Nothing that takes data is served there.
+    let resp = client.post(c.admin_url("/collect")).body(SEED_SAMPLE).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
+async fn without_an_admin_listener_the_status_page_is_served_nowhere() {
+    let (c, _wal) = start(&["--admin-listen", "none"]);
+    assert_eq!(c.admin, None);
+    assert_eq!(client().get(c.url("/metrics")).send().await.unwrap().status(), 404);
+    assert_eq!(client().get(c.url("/readyz")).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -197,9 +222,7 @@ async fn an_idempotency_key_is_stored_once_and_answered_again() {
     let (status, json) = post(&c, &[JSON, ("idempotency-key", "")], SEED_SAMPLE).await;
     assert_eq!((status, json["error"]["code"].as_str()), (400, Some("invalid_idempotency_key")));
 
-    let status: serde_json::Value =
-        client().get(c.url("/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap();
-    assert_eq!(status["wal"]["next_seq"], 2, "the retried request was stored once");
+    assert_eq!(status_json(&c).await["wal"]["next_seq"], 2, "the retried request was stored once");
 }
 
 /// The seed sample with `user_id` replaced by `user_id` (a JSON value) and extra `ctx` fields.
@@ -328,4 +351,167 @@ async fn slow_clients_cannot_hold_unbounded_memory_or_leave_others_unanswered() 
     .unwrap();
     assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("too_many_connections"), "{answer:?}");
     drop(idle);
+}
+
+const KEY: &str = "test-key-0123456789abcdef";
+
+/// Sends `method path` with `headers`; the status, the response headers and the JSON body
+/// (`Null` when there is none).
+async fn send(
+    c: &Collector,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let mut req = client().request(method, c.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.body(body.to_string()).send().await.unwrap();
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    let text = resp.text().await.unwrap();
+    let json = if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap() };
+    (status, headers, json)
+}
+
+/// A collector whose /collect requires `KEY`, read from a key file with comments.
+fn start_with_key(extra: &[&str]) -> (Collector, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, format!("# trackers\n{KEY}\n\n# retired: old-key-0123456789abcdef\n")).unwrap();
+    let mut args = vec!["--api-key-file", file.to_str().unwrap()];
+    args.extend(extra);
+    let (c, wal) = start(&args);
+    // The key file may go once the collector has read it.
+    drop(dir);
+    (c, wal)
+}
+
+#[tokio::test]
+async fn with_api_keys_a_missing_or_wrong_key_is_refused_with_401_and_nothing_is_stored() {
+    let (c, _wal) = start_with_key(&[]);
+    let (status, headers, json) = send(&c, reqwest::Method::POST, "/collect", &[JSON], SEED_SAMPLE).await;
+    assert_eq!((status, json["error"]["code"].as_str()), (401, Some("missing_api_key")), "{json}");
+    assert!(headers["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    for wrong in [vec![JSON, ("x-api-key", "test-key-0123456789abcdeX")], vec![JSON, ("authorization", "Bearer nope")]]
+    {
+        let (status, headers, json) = send(&c, reqwest::Method::POST, "/collect", &wrong, SEED_SAMPLE).await;
+        assert_eq!((status, json["error"]["code"].as_str()), (401, Some("invalid_api_key")), "{json}");
+        assert!(headers["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    }
+    let (status, _, json) = send(&c, reqwest::Method::POST, "/collect?api_key=wrong", &[JSON], SEED_SAMPLE).await;
+    assert_eq!((status, json["error"]["code"].as_str()), (401, Some("invalid_api_key")));
+    assert_eq!(status_json(&c).await["wal"]["next_seq"], 1, "no refused request reached the WAL");
+
+    let metrics = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"collector_requests_rejected_total{code="missing_api_key"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"collector_requests_rejected_total{code="invalid_api_key"} 3"#), "{metrics}");
+    assert!(!metrics.contains(KEY), "no key in the metrics");
+}
+
+#[tokio::test]
+async fn the_key_is_accepted_in_the_header_as_a_bearer_token_and_in_the_query_for_beacons() {
+    let (c, _wal) = start_with_key(&[]);
+    let bearer = format!("Bearer {KEY}");
+    let cases: Vec<(String, Vec<(&str, &str)>)> = vec![
+        ("/collect".into(), vec![JSON, ("x-api-key", KEY)]),
+        ("/collect".into(), vec![JSON, ("authorization", &bearer)]),
+        // navigator.sendBeacon: text/plain, no headers of its own.
+        (format!("/collect?api_key={KEY}"), vec![("content-type", "text/plain;charset=UTF-8")]),
+    ];
+    for (seq, (path, headers)) in (1..).zip(cases) {
+        let (status, _, json) = send(&c, reqwest::Method::POST, &path, &headers, SEED_SAMPLE).await;
+        assert_eq!((status, json["seq"].as_u64()), (200, Some(seq)), "{path} {headers:?}: {json}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_without_a_valid_key_is_refused_before_its_body_is_read() {
+    let (c, _wal) = start_with_key(&["--body-timeout-ms", "60000"]);
+    let addr = c.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Promise a 1000-byte body and send none of it: only a check made before reading the
+        // body can answer now (reading it would wait the 60 s body timeout).
+        write!(
+            s,
+            "POST /collect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer:?}");
+    assert!(answer.contains("missing_api_key"), "{answer}");
+}
+
+const SHOP: &str = "https://shop.example";
+
+#[tokio::test]
+async fn cors_preflights_and_answers_follow_the_origin_allow_list() {
+    let (c, _wal) = start_with_key(&["--cors-origin", SHOP, "--cors-origin", "http://localhost:3000"]);
+    let preflight = |origin: &'static str| {
+        vec![
+            ("origin", origin),
+            ("access-control-request-method", "POST"),
+            ("access-control-request-headers", "content-type,x-api-key,idempotency-key"),
+        ]
+    };
+    // A preflight carries no key; an allowed origin gets the rules.
+    let (status, h, _) = send(&c, reqwest::Method::OPTIONS, "/collect", &preflight(SHOP), "").await;
+    assert_eq!(status, 204);
+    assert_eq!(h["access-control-allow-origin"], SHOP);
+    assert!(h.get_all("vary").iter().any(|v| v.to_str().unwrap().contains("origin")));
+    assert!(h["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    let allowed = h["access-control-allow-headers"].to_str().unwrap();
+    for needed in ["content-type", "content-encoding", "idempotency-key", "x-api-key", "authorization"] {
+        assert!(allowed.contains(needed), "{needed} missing from {allowed}");
+    }
+    assert!(h["access-control-max-age"].to_str().unwrap().parse::<u32>().unwrap() > 0);
+
+    // Another origin is refused, with no CORS headers, preflight or not.
+    let (status, h, json) =
+        send(&c, reqwest::Method::OPTIONS, "/collect", &preflight("https://evil.example"), "").await;
+    assert_eq!((status, json["error"]["code"].as_str()), (403, Some("origin_not_allowed")));
+    assert!(!h.contains_key("access-control-allow-origin"));
+    let from_evil = [("content-type", "text/plain"), ("origin", "https://evil.example"), ("x-api-key", KEY)];
+    let (status, h, json) = send(&c, reqwest::Method::POST, "/collect", &from_evil, SEED_SAMPLE).await;
+    assert_eq!((status, json["error"]["code"].as_str()), (403, Some("origin_not_allowed")));
+    assert!(!h.contains_key("access-control-allow-origin"));
+
+    // Answers to an allowed origin carry the CORS headers, errors included, so the page can
+    // read them.
+    let from_shop = |key: &'static str| vec![JSON, ("origin", SHOP), ("x-api-key", key)];
+    for (headers, body, expected, code) in [
+        (from_shop(KEY), "{not json", 400, Some("invalid_json")),
+        (from_shop("wrong-key-0123456789abcdef"), SEED_SAMPLE, 401, Some("invalid_api_key")),
+        (from_shop(KEY), SEED_SAMPLE, 200, None),
+    ] {
+        let (status, h, json) = send(&c, reqwest::Method::POST, "/collect", &headers, body).await;
+        assert_eq!((status, json["error"]["code"].as_str()), (expected, code), "{json}");
+        assert_eq!(h["access-control-allow-origin"], SHOP, "{status}");
+        assert!(h.get_all("vary").iter().any(|v| v.to_str().unwrap().contains("origin")));
+        assert_eq!(h["access-control-expose-headers"], "retry-after");
+    }
+    // Server-side trackers send no Origin and are not affected.
+    let (status, h, json) = send(&c, reqwest::Method::POST, "/collect", &[JSON, ("x-api-key", KEY)], SEED_SAMPLE).await;
+    assert_eq!((status, json["seq"].as_u64()), (200, Some(2)), "only the two allowed, valid requests were stored");
+    assert!(!h.contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn without_cors_origins_no_cors_headers_are_sent_and_preflights_are_not_answered() {
+    let (c, _wal) = start(&[]);
+    let (status, h, _) = send(&c, reqwest::Method::POST, "/collect", &[JSON, ("origin", SHOP)], SEED_SAMPLE).await;
+    assert_eq!(status, 200);
+    assert!(!h.contains_key("access-control-allow-origin"));
+    let preflight = [("origin", SHOP), ("access-control-request-method", "POST")];
+    let (status, h, json) = send(&c, reqwest::Method::OPTIONS, "/collect", &preflight, "").await;
+    assert_eq!((status, json["error"]["code"].as_str()), (405, Some("method_not_allowed")));
+    assert!(!h.contains_key("access-control-allow-origin"));
 }

@@ -175,7 +175,7 @@ async fn with_kafka_unreachable_ingest_keeps_accepting_and_delivers_after_restar
         assert_eq!(post(&client, &c, event_body(&format!("e{i}"), "u")).await.status(), 200);
     }
     let status: serde_json::Value =
-        client.get(c.url("/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap();
+        client.get(c.admin_url("/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap();
     assert_eq!(status["wal"]["pending_records"], 50);
     assert_eq!(status["flush"]["kafka_ok"], false);
     assert!(c.terminate().success(), "a drain that cannot reach Kafka still exits cleanly");
@@ -251,8 +251,15 @@ async fn kafkas_committed_position_wins_over_a_stale_local_watermark() {
     // The stale copy believes nothing was delivered; Kafka's transactional position says all was.
     let c = Collector::start("serve", stale.path(), 0, &up);
     let status = loop {
-        let s: serde_json::Value =
-            client().get(c.url("/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap();
+        let s: serde_json::Value = client()
+            .get(c.admin_url("/"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if s["wal"]["pending_records"] == 0 {
             break s;
         }

@@ -46,6 +46,12 @@ pub enum IngestError {
     Overloaded,
     #[error("{0}")]
     Wal(WalError),
+    #[error("this endpoint needs an API key: send it in the X-Api-Key header, as Authorization: Bearer, or (sendBeacon) as ?api_key=")]
+    MissingApiKey,
+    #[error("the API key is not valid")]
+    InvalidApiKey,
+    #[error("requests from the origin {0:?} are not allowed")]
+    OriginNotAllowed(String),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -71,6 +77,9 @@ impl IngestError {
             IngestError::Overloaded => "overloaded",
             IngestError::Wal(e) if e.is_retryable() => "wal_unavailable",
             IngestError::Wal(_) => "wal_error",
+            IngestError::MissingApiKey => "missing_api_key",
+            IngestError::InvalidApiKey => "invalid_api_key",
+            IngestError::OriginNotAllowed(_) => "origin_not_allowed",
             IngestError::NotFound(_) => "not_found",
             IngestError::MethodNotAllowed => "method_not_allowed",
         }
@@ -95,6 +104,8 @@ impl IngestError {
             }
             IngestError::Wal(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Wal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IngestError::MissingApiKey | IngestError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            IngestError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             IngestError::NotFound(_) => StatusCode::NOT_FOUND,
             IngestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -138,6 +149,17 @@ impl IngestError {
     }
 }
 
+impl IngestError {
+    /// The `WWW-Authenticate` challenge of a 401 (RFC 6750's form, which also fits `X-Api-Key`).
+    fn challenge(&self) -> Option<&'static str> {
+        match self {
+            IngestError::MissingApiKey => Some(r#"Bearer realm="collector""#),
+            IngestError::InvalidApiKey => Some(r#"Bearer realm="collector", error="invalid_token""#),
+            _ => None,
+        }
+    }
+}
+
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -152,6 +174,9 @@ impl IntoResponse for IngestError {
             (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(challenge) = self.challenge() {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         if status == StatusCode::METHOD_NOT_ALLOWED {
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
@@ -186,5 +211,23 @@ mod tests {
         assert!(body.contains("wal_unavailable"), "{body}");
         let (_, body) = body_of(IngestError::BodyRead("hyper::Error(Body, Os { code: 104 })".into())).await;
         assert!(body.contains("body_read_failed") && !body.contains("hyper"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_key_is_a_401_with_a_challenge_and_a_refused_origin_a_403() {
+        for (e, code, challenge) in [
+            (IngestError::MissingApiKey, "missing_api_key", r#"Bearer realm="collector""#),
+            (IngestError::InvalidApiKey, "invalid_api_key", r#"Bearer realm="collector", error="invalid_token""#),
+        ] {
+            let response = e.into_response();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            assert_eq!(response.headers()[header::WWW_AUTHENTICATE], challenge);
+            let bytes = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+            let body = String::from_utf8(bytes.to_vec()).unwrap();
+            assert!(body.contains(code), "{body}");
+        }
+        let response = IngestError::OriginNotAllowed("https://evil.example".into()).into_response();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(!response.headers().contains_key(header::WWW_AUTHENTICATE));
     }
 }

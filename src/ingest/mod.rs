@@ -11,18 +11,30 @@
 //! characters) ([`validate`]). Slow bodies and slow headers time out. `/collect` and `/readyz` share one readiness check ([`IngestState::unready`]):
 //! draining, a failed or stalled WAL (`wal_unavailable`), the WAL quota or its disk's free-space
 //! headroom (`wal_full`).
+//!
+//! Access ([`auth`], [`cors`]): with API keys configured, `/collect` refuses a request without a
+//! valid key (`401`) before reading its body, and hands the handler the caller's [`ClientId`];
+//! with CORS origins configured, pages of other origins are refused (`403`). The status page and
+//! `/metrics` are served only by the admin router ([`admin_router`]), which the binary binds to a
+//! separate, by default loopback-only, address; the public router ([`router`]) serves `/collect`,
+//! `/healthz` and `/readyz`.
+//!
 //! Not guaranteed: a client whose connection drops after the WAL append but before the response
 //! will retry and may store the batch twice (unless it sends an `Idempotency-Key`).
 
+pub mod auth;
 mod body;
+pub mod cors;
 mod error;
 pub mod server;
 mod state;
 mod status;
 pub mod validate;
 
+pub use auth::{ApiKeys, ClientId};
 pub use body::BodyLimits;
+pub use cors::Cors;
 pub use error::IngestError;
-pub use server::{router, serve};
+pub use server::{admin_router, router, serve};
 pub use state::{IngestState, ServerOptions, Unready};
 pub use validate::EventLimits;

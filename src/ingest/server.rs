@@ -1,5 +1,5 @@
-//! The HTTP server: routes, the `/collect` handler, and an accept loop with connection
-//! timeouts and graceful shutdown.
+//! The HTTP server: the public and admin routes, the `/collect` handler, and an accept loop
+//! with connection timeouts and graceful shutdown.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Request, Uri};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,8 +22,9 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
+use super::auth::Client;
 use super::state::{IngestState, ServerOptions};
-use super::{body, status, validate, IngestError};
+use super::{body, cors, status, validate, IngestError};
 use crate::wal::record::{self, Entry};
 use crate::wal::{Appended, IdempotencyKey};
 
@@ -51,13 +53,30 @@ fn idempotency_key(headers: &HeaderMap, body: &[u8]) -> Result<Option<Idempotenc
     Ok(Some(IdempotencyKey { key: key.to_vec(), fingerprint: u64::from(crc32fast::hash(body)) }))
 }
 
+/// The public router: `POST /collect` (behind CORS and API keys, when configured), `/healthz`
+/// and `/readyz`. Anything else, the status page and `/metrics` included, is a JSON 404.
 pub fn router(state: Arc<IngestState>) -> Router {
+    // The CORS guard wraps every answer of /collect, its 405s included (hence the method
+    // router's own fallback), and sees preflights (OPTIONS) before they become 405s.
+    let collect =
+        post(collect).fallback(method_not_allowed).layer(middleware::from_fn_with_state(state.clone(), cors::guard));
     Router::new()
-        .route("/collect", post(collect))
-        .route("/", get(status::home))
+        .route("/collect", collect)
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// The admin router: the status page `/`, `/metrics`, `/healthz` and `/readyz`; nothing that
+/// takes data. It reports on the same state as the public router.
+pub fn admin_router(state: Arc<IngestState>) -> Router {
+    Router::new()
+        .route("/", get(status::home))
         .route("/metrics", get(status::metrics))
+        .route("/healthz", get(status::healthz))
+        .route("/readyz", get(status::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -66,6 +85,10 @@ pub fn router(state: Arc<IngestState>) -> Router {
 async fn collect(
     State(state): State<Arc<IngestState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    // Checked before the body is read: a request without a valid key costs no read. The
+    // caller's `ClientId` (`None` while /collect is open) is what Idempotency-Keys are to be
+    // scoped by.
+    Client(_client): Client,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, IngestError> {
@@ -168,10 +191,12 @@ pub async fn serve(
             drop(permit);
         });
     }
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     drop(listener);
-    info!("Stopped accepting connections; waiting for in-flight requests.");
+    info!(%addr, "Stopped accepting connections; waiting for in-flight requests.");
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         warn!(
+            %addr,
             grace_ms = grace.as_millis() as u64,
             "Some connections were still open after the grace period; closing them."
         );

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
+use super::auth::ApiKeys;
 use super::body::BodyLimits;
+use super::cors::Cors;
 use super::validate::EventLimits;
 use super::IngestError;
 use crate::flush::FlushStatus;
@@ -33,6 +35,10 @@ pub struct ServerOptions {
     /// Most `/collect` requests being read, validated or written at once; one more is answered
     /// `503 overloaded`. With the body limit it bounds the memory requests can hold.
     pub max_in_flight: usize,
+    /// Keys `/collect` requires; empty: open.
+    pub api_keys: ApiKeys,
+    /// Origins whose pages may post from a browser; none: no CORS headers.
+    pub cors: Cors,
 }
 
 /// Shared state of the handlers.

@@ -169,22 +169,28 @@ pub fn free_port() -> u16 {
 /// The real `collector` binary, running.
 pub struct Collector {
     pub child: Child,
+    /// The public listener: `/collect`, `/healthz`, `/readyz`.
     pub addr: SocketAddr,
+    /// The admin listener: the status page `/`, `/metrics`, `/healthz`, `/readyz`; `None` when
+    /// started with `--admin-listen none`.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Collector {
     /// Starts `collector <mode> --listen 127.0.0.1:<port> --wal-dir <wal> <extra…>` and waits
-    /// until it reports the address it is listening on. Port 0 lets the OS choose, which avoids
+    /// until it reports the addresses it is listening on. Port 0 lets the OS choose, which avoids
     /// races between tests; a fixed port is for restarting a collector where clients expect it.
+    /// The admin listener gets a port of its own choosing too, unless `extra` names
+    /// `--admin-listen`.
     pub fn start(mode: &str, wal: &Path, port: u16, extra: &[String]) -> Collector {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_collector"))
-            .arg(mode)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--wal-dir")
-            .arg(wal)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_collector"));
+        command.arg(mode).arg("--listen").arg(format!("127.0.0.1:{port}")).arg("--wal-dir").arg(wal);
+        if !extra.iter().any(|a| a == "--admin-listen") {
+            command.args(["--admin-listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
             .args(extra)
-            // Warnings for the test log, plus the start-up line that carries the bound address.
+            // Warnings for the test log, plus the start-up lines that carry the bound addresses.
             .env("COLLECTOR_LOG", "warn,collector::app=info")
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
@@ -195,21 +201,30 @@ impl Collector {
         std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()) {
-                    let _ = tx.send(addr.to_string());
+                let addr = || line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next());
+                // The admin line comes first; the public one ends the start-up.
+                for (kind, what) in [(Listener::Admin, "Admin listening."), (Listener::Public, "Collector listening.")]
+                {
+                    if let Some(addr) = addr().filter(|_| line.contains(what)) {
+                        let _ = tx.send((kind, addr.to_string()));
+                    }
                 }
                 eprintln!("[collector] {line}");
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr.parse().expect("the collector logs a socket address"),
-            Err(_) => {
-                let status = child.try_wait().unwrap();
-                let _ = child.kill();
-                panic!("the collector did not start listening (exit status {status:?}); its log is above");
+        let mut admin = None;
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok((Listener::Admin, addr)) => admin = Some(addr.parse().expect("the collector logs a socket address")),
+                Ok((Listener::Public, addr)) => break addr.parse().expect("the collector logs a socket address"),
+                Err(_) => {
+                    let status = child.try_wait().unwrap();
+                    let _ = child.kill();
+                    panic!("the collector did not start listening (exit status {status:?}); its log is above");
+                }
             }
         };
-        Collector { child, addr }
+        Collector { child, addr, admin }
     }
 
     /// The port this collector listens on (to restart another one in its place).
@@ -217,8 +232,14 @@ impl Collector {
         self.addr.port()
     }
 
+    /// A URL on the public listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the admin listener (status page, metrics).
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.expect("this collector runs without an admin listener"))
     }
 
     /// `kill -9`.
@@ -241,6 +262,12 @@ impl Drop for Collector {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Which start-up line an address came from.
+enum Listener {
+    Admin,
+    Public,
 }
 
 /// A one-event request whose event is identifiable by `id` (carried as `event_type`).
