@@ -112,6 +112,9 @@ pub(super) struct FlushLoop<'a> {
 
 /// Refusals of one record, for what it is, before it is set aside in the WAL's quarantine.
 const REFUSALS_BEFORE_SET_ASIDE: u32 = 3;
+/// Failed reads of a batch after which the flusher reads its first record alone, to tell one
+/// unreadable record (set aside) from an unreadable WAL (retried, then stopped).
+const READ_FAILURES_BEFORE_ISOLATING: u32 = 3;
 /// Failed WAL reads in a row after which the flusher stops (and the process exits, loudly)
 /// instead of retrying a storage fault forever.
 const READ_FAILURES_BEFORE_STOP: u32 = 10;
@@ -172,33 +175,52 @@ impl FlushLoop<'_> {
         });
     }
 
-    /// Reads the next batch, `next..=upto`. `None` after a failed read (retry); a storage fault
-    /// that persists for [`READ_FAILURES_BEFORE_STOP`] reads in a row stops the flusher.
+    /// Reads the next batch, `next..=upto`. `None` after a failed read (retry). A read that
+    /// keeps failing narrows to the record at `next` alone: readable, it is delivered by itself;
+    /// unreadable while the records after it can be read, it is set aside (in the quarantine,
+    /// with the reason) and returned without its frame, so the flusher moves past it. A fault
+    /// that is not one record's stops the flusher after [`READ_FAILURES_BEFORE_STOP`] reads.
     fn read(&mut self, next: u64, upto: u64, failures: &mut u32) -> Result<Option<Vec<ReadRecord>>, KafkaStageError> {
-        let f = self.flusher;
-        match f.log.read(next, upto, f.options.batch_records, f.options.batch_bytes) {
+        let log = &self.flusher.log;
+        let options = &self.flusher.options;
+        let error = match log.read(next, upto, options.batch_records, options.batch_bytes) {
             Ok(records) => {
                 *failures = 0;
-                Ok(Some(records))
+                return Ok(Some(records));
             }
             Err(WalError::Unavailable(_)) => {
                 // The WAL failed on a write and waits to be reopened (`crate::heal`); not a
                 // fault of these records, so nothing is counted.
                 self.backoff.pause(self.runtime, self.stop);
-                Ok(None)
+                return Ok(None);
             }
-            Err(e) => {
-                *failures += 1;
-                if *failures >= READ_FAILURES_BEFORE_STOP {
-                    return Err(KafkaStageError::Wal(format!(
-                        "reading WAL records from {next} failed {failures} times in a row: {e}"
-                    )));
+            Err(e) => e,
+        };
+        *failures += 1;
+        error!(error = %error, attempt = *failures, "Reading the WAL failed; retrying.");
+        if *failures >= READ_FAILURES_BEFORE_ISOLATING {
+            match log.read(next, next, 1, usize::MAX) {
+                Ok(alone) => {
+                    *failures = 0;
+                    return Ok(Some(alone));
                 }
-                error!(error = %e, attempt = *failures, "Reading the WAL failed; retrying.");
-                self.backoff.pause(self.runtime, self.stop);
-                Ok(None)
+                Err(alone) if next < upto && log.read(next + 1, upto, 1, usize::MAX).is_ok() => {
+                    log.set_aside(next, &format!("the WAL cannot read it: {alone}")).map_err(|e| {
+                        KafkaStageError::Wal(format!("record {next} cannot be read ({alone}) nor set aside ({e})"))
+                    })?;
+                    *failures = 0;
+                    return Ok(Some(vec![ReadRecord { seq: next, frame: None }]));
+                }
+                Err(_) => {}
             }
         }
+        if *failures >= READ_FAILURES_BEFORE_STOP {
+            return Err(KafkaStageError::Wal(format!(
+                "reading WAL records from {next} failed {failures} times in a row: {error}"
+            )));
+        }
+        self.backoff.pause(self.runtime, self.stop);
+        Ok(None)
     }
 
     /// Makes the outbox ready and finds where to start: after the WAL's watermark, or after

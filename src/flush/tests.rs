@@ -308,8 +308,8 @@ fn a_record_kafka_keeps_refusing_is_set_aside_and_the_rest_is_delivered() {
     assert_eq!(h.log.stats().quarantined, 1, "the record is kept in the WAL's quarantine");
 }
 
-/// A WAL whose reads always fail (a storage fault).
-struct UnreadableWal(Arc<dyn LogStore>);
+/// A WAL whose reads fail: all of them (a storage fault), or those that include one record.
+struct UnreadableWal(Arc<dyn LogStore>, Option<u64>);
 
 impl LogStore for UnreadableWal {
     fn append(
@@ -325,8 +325,17 @@ impl LogStore for UnreadableWal {
     fn sync(&self) -> Result<(), crate::wal::WalError> {
         self.0.sync()
     }
-    fn read(&self, _: u64, _: u64, _: usize, _: usize) -> Result<Vec<crate::wal::ReadRecord>, crate::wal::WalError> {
-        Err(crate::wal::WalError::Storage("I/O error (injected)".into()))
+    fn read(
+        &self,
+        from: u64,
+        upto: u64,
+        n: usize,
+        bytes: usize,
+    ) -> Result<Vec<crate::wal::ReadRecord>, crate::wal::WalError> {
+        match self.1 {
+            Some(bad) if !(from..=upto).contains(&bad) => self.0.read(from, upto, n, bytes),
+            _ => Err(crate::wal::WalError::Storage("I/O error (injected)".into())),
+        }
     }
     fn set_aside(&self, seq: u64, reason: &str) -> Result<(), crate::wal::WalError> {
         self.0.set_aside(seq, reason)
@@ -348,8 +357,24 @@ impl LogStore for UnreadableWal {
 #[test]
 fn a_wal_that_cannot_be_read_stops_the_flusher_instead_of_retrying_forever() {
     let mut h = harness(3);
-    h.flusher.log = Arc::new(UnreadableWal(h.log.clone()));
+    h.flusher.log = Arc::new(UnreadableWal(h.log.clone(), None));
     let result = h.drain(&mut FakeOutbox::new(vec![]), Some(&FakePositions::new(&[None])), LONG);
     assert!(matches!(result, Err(KafkaStageError::Wal(_))), "{result:?}");
     assert_eq!(h.delivered_through(), 0);
+}
+
+#[test]
+fn one_record_sled_cannot_read_is_set_aside_and_the_rest_is_delivered() {
+    let mut h = harness(5);
+    h.flusher.log = Arc::new(UnreadableWal(h.log.clone(), Some(3)));
+    let mut outbox = FakeOutbox::new(vec![]);
+    h.drain(&mut outbox, Some(&FakePositions::new(&[None])), LONG).unwrap();
+    assert_eq!(h.delivered_through(), 5, "the flusher moved past the unreadable record");
+    let payloads: Vec<String> = outbox
+        .committed
+        .iter()
+        .flat_map(|batch| batch.messages.iter().map(|m| String::from_utf8(m.2.clone().unwrap()).unwrap()))
+        .collect();
+    assert_eq!(payloads, [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":4}"#, r#"{"n":5}"#], "every readable record, once");
+    assert_eq!(h.log.stats().quarantined, 1, "the unreadable record is in the quarantine");
 }
