@@ -15,16 +15,7 @@ use common::*;
 const RECORDS: u64 = 50_000;
 
 async fn pending(c: &Collector) -> u64 {
-    let status: serde_json::Value = reqwest::Client::new()
-        .get(c.admin_url("/"))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    status["wal"]["pending_records"].as_u64().unwrap()
+    c.status().await["wal"]["pending_records"].as_u64().unwrap()
 }
 
 /// Starts `serve` and measures until /readyz answers 200.

@@ -251,15 +251,7 @@ async fn kafkas_committed_position_wins_over_a_stale_local_watermark() {
     // The stale copy believes nothing was delivered; Kafka's transactional position says all was.
     let c = Collector::start("serve", stale.path(), 0, &up);
     let status = loop {
-        let s: serde_json::Value = client()
-            .get(c.admin_url("/"))
-            .header("accept", "application/json")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s = c.status().await;
         if s["wal"]["pending_records"] == 0 {
             break s;
         }

@@ -242,6 +242,12 @@ impl Collector {
         format!("http://{}{path}", self.admin.expect("this collector runs without an admin listener"))
     }
 
+    /// The status page as JSON (from the admin listener).
+    pub async fn status(&self) -> serde_json::Value {
+        let page = reqwest::Client::new().get(self.admin_url("/")).header("accept", "application/json").send();
+        page.await.unwrap().json().await.unwrap()
+    }
+
     /// `kill -9`.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
