@@ -121,7 +121,7 @@ impl Pipeline {
         disk.sample(log.live_bytes());
         let mut addresses = vec![("listen", addr)];
         addresses.extend(admin.as_ref().map(|(_, bound)| ("admin", *bound)));
-        tokio::spawn(heal::watch(disk.clone(), health.clone(), log.clone(), addresses));
+        tokio::spawn(heal::watch(disk.clone(), health.clone(), log.clone(), addresses, shutdown.subscribe()));
         let runtime = tokio::runtime::Handle::current();
         let flush_status = Arc::new(FlushStatus::default());
 

@@ -113,12 +113,17 @@ pub async fn watch(
     health: Arc<WalHealth>,
     log: Arc<dyn LogStore>,
     listeners: Vec<(&'static str, SocketAddr)>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last_probe = Instant::now() - PROBE_EVERY;
     let mut last_report = Instant::now();
     loop {
         tokio::time::sleep(SAMPLE_EVERY).await;
         disk.sample(log.live_bytes());
+        if *shutdown.borrow() {
+            // The process is on its way out: nothing is restarted.
+            continue;
+        }
         let Some(fault) = needs_healing(&health) else { continue };
         if last_probe.elapsed() < PROBE_EVERY {
             continue;
