@@ -319,8 +319,8 @@ impl LogStore for UnreadableWal {
     ) -> Result<u64, crate::wal::WalError> {
         self.0.append(frames, keys)
     }
-    fn lookup_key(&self, key: &[u8]) -> Result<Option<crate::wal::KeyRecord>, crate::wal::WalError> {
-        self.0.lookup_key(key)
+    fn lookup_key(&self, scope: &[u8], key: &[u8]) -> Result<Option<crate::wal::KeyRecord>, crate::wal::WalError> {
+        self.0.lookup_key(scope, key)
     }
     fn sync(&self) -> Result<(), crate::wal::WalError> {
         self.0.sync()

@@ -15,7 +15,7 @@
 //! - A matched key gives the request a [`ClientId`]: the first 16 hex digits of the key's SHA-256
 //!   (`printf %s KEY | sha256sum | cut -c1-16`). It is stable across restarts and key-file
 //!   reorderings, names a client in logs, and is no use for presenting the key; `Idempotency-Key`s
-//!   are to be scoped by it, so one client cannot collide with another's keys.
+//!   are scoped by it (`server::client_scope`), so one client cannot collide with another's keys.
 //! - Keys are never logged: [`ApiKeys`]'s `Debug` shows client ids only.
 //!
 //! Not guaranteed: secrecy on the wire (terminate TLS in front of the collector), nor in the

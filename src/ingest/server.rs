@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use super::auth::Client;
+use super::auth::{Client, ClientId};
 use super::state::{IngestState, ServerOptions};
 use super::{body, cors, status, validate, IngestError};
 use crate::wal::record::{self, Entry};
@@ -43,14 +43,29 @@ struct Receipt {
 /// Longest accepted `Idempotency-Key`.
 const MAX_KEY_LEN: usize = 255;
 
-/// The request's `Idempotency-Key`, with a fingerprint of the body it came with.
-fn idempotency_key(headers: &HeaderMap, body: &[u8]) -> Result<Option<IdempotencyKey>, IngestError> {
+/// The request's `Idempotency-Key` in the client's `scope`, with a fingerprint of the body it
+/// came with (128 bits of its SHA-256).
+fn idempotency_key(headers: &HeaderMap, scope: Vec<u8>, body: &[u8]) -> Result<Option<IdempotencyKey>, IngestError> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     let key = value.as_bytes();
     if key.is_empty() || key.len() > MAX_KEY_LEN || !key.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
         return Err(IngestError::BadIdempotencyKey(MAX_KEY_LEN));
     }
-    Ok(Some(IdempotencyKey { key: key.to_vec(), fingerprint: u64::from(crc32fast::hash(body)) }))
+    Ok(Some(IdempotencyKey::new(scope, key.to_vec(), body)))
+}
+
+/// Whose `Idempotency-Key`s a request's key is matched against: keys of different scopes never
+/// meet, so one client can neither see nor claim another's key.
+///
+/// The one place where the client's identity becomes a scope: its API key's [`ClientId`]
+/// (stable across restarts and key-file edits, not secret) as `client:<16 hex digits>`, or the
+/// empty scope for a request without an API key (`/collect` open), which all such requests
+/// share. The prefix keeps every identified scope apart from the anonymous one.
+fn client_scope(client: Option<&ClientId>) -> Vec<u8> {
+    match client {
+        None => Vec::new(),
+        Some(id) => format!("client:{id}").into_bytes(),
+    }
 }
 
 /// The public router: `POST /collect` (behind CORS and API keys, when configured), `/healthz`
@@ -86,9 +101,8 @@ async fn collect(
     State(state): State<Arc<IngestState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     // Checked before the body is read: a request without a valid key costs no read. The
-    // caller's `ClientId` (`None` while /collect is open) is what Idempotency-Keys are to be
-    // scoped by.
-    Client(_client): Client,
+    // caller's `ClientId` (`None` while /collect is open) scopes its Idempotency-Keys.
+    Client(client): Client,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, IngestError> {
@@ -105,7 +119,7 @@ async fn collect(
     // simd-json rewrites its input: validate a scratch copy, store the original bytes.
     let mut scratch = raw.to_vec();
     let events = validate::validate(&raw, &mut scratch, &state.options.limits).map_err(IngestError::Invalid)?;
-    let key = idempotency_key(&headers, &raw)?;
+    let key = idempotency_key(&headers, client_scope(client.as_ref()), &raw)?;
     let client = peer.to_string();
     let frame = record::encode(&Entry { received_at_ms: crate::now_ms(), client: &client, payload: &raw });
     match state.writer.append(frame, key).await.map_err(IngestError::Wal)? {

@@ -134,9 +134,9 @@ impl LogStore for GuardedLog {
         self.write(|log| log.append(frames, keys))
     }
 
-    fn lookup_key(&self, key: &[u8]) -> Result<Option<KeyRecord>, WalError> {
+    fn lookup_key(&self, scope: &[u8], key: &[u8]) -> Result<Option<KeyRecord>, WalError> {
         self.usable()?;
-        self.inner.lookup_key(key)
+        self.inner.lookup_key(scope, key)
     }
 
     fn sync(&self) -> Result<(), WalError> {

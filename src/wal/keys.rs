@@ -32,6 +32,10 @@ pub(super) const LOST_PREFIX: &[u8] = b"lost/";
 /// In `meta`: `segbytes/<first_seq>` → bytes of a segment, so opening needs no scan.
 pub(super) const SEGMENT_BYTES_PREFIX: &[u8] = b"segbytes/";
 
+/// In `meta`: `idembytes/<bucket>` → bytes the keys of an idempotency bucket count against the
+/// quota, so opening needs no scan (see `idempotency.rs`).
+pub(super) const IDEMPOTENCY_BYTES_PREFIX: &[u8] = b"idembytes/";
+
 /// In `meta`: `aside/<seq>` → why (UTF-8): a record set aside because Kafka refused it; its
 /// bytes are in the quarantine tree.
 pub(super) const ASIDE_PREFIX: &[u8] = b"aside/";
@@ -62,6 +66,23 @@ pub(super) fn lost_key(from: u64) -> Vec<u8> {
 
 pub(super) fn bucket_name(bucket: u64) -> Vec<u8> {
     prefixed(IDEMPOTENCY_PREFIX, bucket)
+}
+
+pub(super) fn bucket_bytes_key(bucket: u64) -> Vec<u8> {
+    prefixed(IDEMPOTENCY_BYTES_PREFIX, bucket)
+}
+
+/// The key an idempotency entry is stored under in its bucket:
+/// `[scope_len u32 BE][scope][key]`. The length prefix makes the pair unambiguous (`("ab", "c")`
+/// and `("a", "bc")` differ), and its first byte is 0 for any real scope, so no key of this
+/// format equals a key of the format before scopes (the bare header value: printable ASCII).
+pub(super) fn scoped_key(scope: &[u8], key: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(scope.len()).expect("an idempotency scope is a client id, far below 4 GiB");
+    let mut stored = Vec::with_capacity(4 + scope.len() + key.len());
+    stored.extend_from_slice(&len.to_be_bytes());
+    stored.extend_from_slice(scope);
+    stored.extend_from_slice(key);
+    stored
 }
 
 /// Decodes a stored big-endian `u64` (a sequence-number key, or a number value in `meta`).

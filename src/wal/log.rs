@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tracing::{error, info, warn};
 
-use super::idempotency::{self, IdempotencyKey, KeyIndex, KeyRecord};
+use super::idempotency::{IdempotencyKey, KeyIndex, KeyRecord};
 use super::keys::{
     aside_key, key_to_seq, segment_bytes_key, segment_name, DELIVERED_KEY, META_TREE, NODE_ID_KEY, QUARANTINE_TREE,
     WAL_ID_KEY,
@@ -27,8 +27,9 @@ pub trait LogStore: Send + Sync + 'static {
     /// `keys` pairs an index into `frames` with the idempotency key of that record; each key is
     /// stored atomically with its record. Not durable until [`LogStore::sync`] returns.
     fn append(&self, frames: &[Vec<u8>], keys: &[(usize, IdempotencyKey)]) -> Result<u64, WalError>;
-    /// The record an idempotency key was stored with inside the window, if any.
-    fn lookup_key(&self, key: &[u8]) -> Result<Option<KeyRecord>, WalError>;
+    /// The record the idempotency key `key` of client `scope` was stored with inside the
+    /// window, if any. Keys of other scopes are never seen.
+    fn lookup_key(&self, scope: &[u8], key: &[u8]) -> Result<Option<KeyRecord>, WalError>;
     /// Makes every record appended so far durable (fsync).
     fn sync(&self) -> Result<(), WalError>;
     /// Reads up to `max_records` records (and about `max_bytes`) with `from <= seq <= upto`,
@@ -43,7 +44,8 @@ pub trait LogStore: Send + Sync + 'static {
     fn set_aside(&self, seq: u64, reason: &str) -> Result<(), WalError>;
     /// Counters for status pages and metrics.
     fn stats(&self) -> WalStats;
-    /// Bytes of records in live segments (not yet reclaimed); cheap, for the quota check.
+    /// Bytes of records in live segments (not yet reclaimed) and of stored idempotency keys;
+    /// cheap, for the quota check.
     fn live_bytes(&self) -> u64;
     /// The next sequence number as it was when the log was opened: no position committed by
     /// an earlier incarnation of this WAL can lie above it.
@@ -80,8 +82,11 @@ pub struct WalStats {
     pub pending_records: u64,
     /// Live segment trees.
     pub segments: u64,
-    /// Bytes of records in live segments: what the WAL quota limits.
+    /// Bytes of records in live segments and of idempotency keys: what the WAL quota limits.
     pub live_bytes: u64,
+    /// The part of `live_bytes` that idempotency keys count (each key, its value and a fixed
+    /// estimate of sled's cost per entry); they leave it when their bucket expires.
+    pub idempotency_bytes: u64,
     /// Records set aside because they failed their checksum.
     pub quarantined: u64,
     /// Durable records that sled no longer had when the WAL was opened (torn or corrupt log),
@@ -116,7 +121,7 @@ pub struct SledLog {
     writer: Mutex<WriterState>,
     /// Bytes per live segment (the active one's grows with each append).
     segment_sizes: Mutex<BTreeMap<u64, u64>>,
-    /// Sum of `segment_sizes`, read on every request for the quota.
+    /// Sum of `segment_sizes`, read on every request for the quota (with the keys' bytes).
     live_bytes: AtomicU64,
     /// Guarantees sequence numbers are never reused (see `sequence.rs`). `None` when opened
     /// [`RecoveryMode::ReportOnly`]: such a log hands out no numbers, so it cannot append.
@@ -186,7 +191,7 @@ impl SledLog {
         let segments = recovery::load_segments(&db)?;
         let last_seq = recovery::last_sequence(&segments, delivered)?;
         let loss = recovery.detect_loss(floor, last_seq, &meta)?;
-        let keys = KeyIndex::open(&db, options.idempotency_window_ms)?;
+        let keys = KeyIndex::open(&db, &meta, options.idempotency_window_ms, mode == RecoveryMode::Repair)?;
         let segment_sizes = recovery::load_segment_sizes(&meta, &segments)?;
         let found = Found { db, meta, sequence, delivered, segments, segment_sizes, keys, last_seq, loss };
         let mut log = SledLog::assemble(found, options)?;
@@ -349,22 +354,7 @@ impl LogStore for SledLog {
         } else {
             // Record and key in one transaction: after a crash both exist or neither, so a
             // retry can never be answered "duplicate" for a record that is not there.
-            use sled::transaction::{ConflictableTransactionError, TransactionError};
-            use sled::Transactional;
-            let now = crate::now_ms();
-            let key_tree = self.keys.current_tree(now)?;
-            (&tree, &key_tree)
-                .transaction(|(seg, idem)| {
-                    seg.apply_batch(&batch)?;
-                    for (i, k) in keys {
-                        idem.insert(k.key.as_slice(), &idempotency::entry(first + *i as u64, k.fingerprint, now)[..])?;
-                    }
-                    Ok::<(), ConflictableTransactionError<()>>(())
-                })
-                .map_err(|e| match e {
-                    TransactionError::Storage(e) => WalError::from(e),
-                    TransactionError::Abort(()) => WalError::Storage("the append transaction aborted".into()),
-                })?;
+            self.keys.append_with_keys(&tree, &batch, keys, first)?;
         }
         // Counters move only once everything is written. The size in `meta` (made durable by
         // the same fsync as the records) means opening never scans a segment.
@@ -375,12 +365,12 @@ impl LogStore for SledLog {
         Ok(first)
     }
 
-    fn lookup_key(&self, key: &[u8]) -> Result<Option<KeyRecord>, WalError> {
-        self.keys.lookup(key, crate::now_ms())
+    fn lookup_key(&self, scope: &[u8], key: &[u8]) -> Result<Option<KeyRecord>, WalError> {
+        self.keys.lookup(scope, key, crate::now_ms())
     }
 
     fn live_bytes(&self) -> u64 {
-        self.live_bytes.load(Ordering::Acquire)
+        self.live_bytes.load(Ordering::Acquire) + self.keys.bytes()
     }
 
     fn opened_next_seq(&self) -> u64 {
@@ -480,12 +470,14 @@ impl LogStore for SledLog {
                 0
             }
         });
+        let idempotency_bytes = self.keys.bytes();
         WalStats {
             next_seq,
             delivered_through,
             pending_records: next_seq.saturating_sub(delivered_through + 1) - skipped,
             segments: self.segments.read().expect("segments lock poisoned").len() as u64 + self.unstarted_segments,
-            live_bytes: self.live_bytes.load(Ordering::Acquire),
+            live_bytes: self.live_bytes.load(Ordering::Acquire) + idempotency_bytes,
+            idempotency_bytes,
             quarantined: self.quarantined.load(Ordering::Relaxed),
             lost_records: self.lost_records,
             disk_bytes: self.db.size_on_disk().unwrap_or_else(|e| {
@@ -571,6 +563,12 @@ impl SledLog {
             }
         }
         Ok(VerifyReport { stats, ok, corrupt, lost: recovery::lost_ranges(&self.meta, self.unrecorded_loss)? })
+    }
+
+    /// Numbers of the idempotency buckets not dropped yet.
+    #[cfg(test)]
+    pub(super) fn idempotency_buckets(&self) -> Vec<u64> {
+        self.keys.buckets()
     }
 
     /// Every quarantined record.

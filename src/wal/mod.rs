@@ -101,7 +101,7 @@ mod writer;
 
 pub use error::WalError;
 pub use guard::{GuardedLog, WalFault, WalHealth};
-pub use idempotency::{IdempotencyKey, KeyRecord};
+pub use idempotency::{Fingerprint, IdempotencyKey, KeyRecord};
 pub use inspect::Inspection;
 pub use log::{LogOptions, LogStore, Quarantined, ReadRecord, SledLog, VerifyReport, WalStats};
 pub use recovery::RecoveryMode;

@@ -163,8 +163,8 @@ impl LogStore for ScriptedLog {
         }
         self.inner.append(frames, keys)
     }
-    fn lookup_key(&self, key: &[u8]) -> Result<Option<KeyRecord>, WalError> {
-        self.inner.lookup_key(key)
+    fn lookup_key(&self, scope: &[u8], key: &[u8]) -> Result<Option<KeyRecord>, WalError> {
+        self.inner.lookup_key(scope, key)
     }
     fn sync(&self) -> Result<(), WalError> {
         self.disk.syncs.fetch_add(1, SeqCst);
@@ -232,8 +232,17 @@ async fn concurrent_appends_share_fsyncs_and_all_become_durable() {
     assert!(syncs < 200, "200 concurrent appends took {syncs} fsyncs; group commit should share them");
 }
 
-fn key(k: &str, fingerprint: u64) -> Option<IdempotencyKey> {
-    Some(IdempotencyKey { key: k.as_bytes().to_vec(), fingerprint })
+/// An anonymous key (the empty scope) with a given fingerprint.
+fn key(k: &str, fingerprint: u128) -> Option<IdempotencyKey> {
+    scoped("", k, fingerprint)
+}
+
+fn scoped(scope: &str, k: &str, fingerprint: u128) -> Option<IdempotencyKey> {
+    Some(IdempotencyKey {
+        scope: scope.as_bytes().to_vec(),
+        key: k.as_bytes().to_vec(),
+        fingerprint: Fingerprint(fingerprint),
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,8 +280,9 @@ fn idempotency_keys_survive_a_reopen_and_expire_after_the_window() {
         log.sync().unwrap();
     }
     let log = open(dir.path(), 1 << 20);
-    assert_eq!(log.lookup_key(b"abc").unwrap(), Some(KeyRecord { seq: 2, fingerprint: 9 }));
-    assert_eq!(log.lookup_key(b"nope").unwrap(), None);
+    assert_eq!(log.lookup_key(b"", b"abc").unwrap(), Some(KeyRecord { seq: 2, fingerprint: Fingerprint(9) }));
+    assert_eq!(log.lookup_key(b"", b"nope").unwrap(), None);
+    assert_eq!(log.lookup_key(b"client:a", b"abc").unwrap(), None, "another scope's key is never seen");
     drop(log);
     // A 1 ms window: by the time we look, the key is out of it.
     let log = SledLog::open(
@@ -281,7 +291,7 @@ fn idempotency_keys_survive_a_reopen_and_expire_after_the_window() {
     )
     .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
-    assert_eq!(log.lookup_key(b"abc").unwrap(), None);
+    assert_eq!(log.lookup_key(b"", b"abc").unwrap(), None);
 }
 
 #[test]
@@ -348,4 +358,214 @@ async fn a_stalled_disk_answers_at_the_deadline_and_is_reported_until_the_commit
     }
     assert!(health.failure().is_none(), "slow is not failed");
     assert!(matches!(writer.append(frame(2), None).await, Ok(Appended::Stored(2))));
+}
+
+fn open_with_window(dir: &std::path::Path, window_ms: u64, mode: RecoveryMode) -> SledLog {
+    let options = LogOptions { segment_bytes: 1 << 20, cache_bytes: 8 << 20, idempotency_window_ms: window_ms };
+    for _ in 0..200 {
+        match SledLog::open_with(dir, options.clone(), mode) {
+            Ok(log) => return log,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the WAL lock was never released");
+}
+
+/// Polls `done` every 10 ms for up to 5 s.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_key_in_two_scopes_never_meets() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn LogStore> = Arc::new(open(dir.path(), 1 << 20));
+    let writer = WalWriter::start(log.clone(), 64, health());
+    assert_eq!(writer.append(frame(1), scoped("client:a", "k", 1)).await.unwrap(), Appended::Stored(1));
+    // Another client's same key, with another body: not a reuse, its own record.
+    assert_eq!(writer.append(frame(2), scoped("client:b", "k", 2)).await.unwrap(), Appended::Stored(2));
+    // Nor with the first client's very body: never answered with another client's record.
+    assert_eq!(writer.append(frame(1), scoped("client:c", "k", 1)).await.unwrap(), Appended::Stored(3));
+    assert_eq!(writer.append(frame(1), key("k", 1)).await.unwrap(), Appended::Stored(4), "anonymous is a scope too");
+    assert_eq!(writer.append(frame(2), scoped("client:b", "k", 2)).await.unwrap(), Appended::Duplicate(2));
+    // The scope's length is stored with it: ("client:a", "bc") is not ("client:ab", "c").
+    assert_eq!(writer.append(frame(5), scoped("client:a", "bc", 5)).await.unwrap(), Appended::Stored(5));
+    assert_eq!(writer.append(frame(6), scoped("client:ab", "c", 6)).await.unwrap(), Appended::Stored(6));
+    let seq = |scope: &str, k: &str| log.lookup_key(scope.as_bytes(), k.as_bytes()).unwrap().map(|r| r.seq);
+    assert_eq!(
+        [seq("client:a", "k"), seq("client:b", "k"), seq("client:c", "k"), seq("", "k"), seq("client:d", "k")],
+        [Some(1), Some(2), Some(3), Some(4), None]
+    );
+    assert_eq!((seq("client:a", "bc"), seq("client:ab", "c")), (Some(5), Some(6)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fingerprint_that_differs_in_any_of_its_128_bits_is_a_reused_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn LogStore> = Arc::new(open(dir.path(), 1 << 20));
+    let writer = WalWriter::start(log.clone(), 64, health());
+    let fp = 0x0123_4567_89ab_cdef_0011_2233_4455_6677;
+    assert_eq!(writer.append(frame(1), key("k", fp)).await.unwrap(), Appended::Stored(1));
+    // The low 64 bits equal: what a 64-bit fingerprint would have compared.
+    assert_eq!(writer.append(frame(2), key("k", fp ^ (1 << 127))).await.unwrap(), Appended::KeyReused);
+    assert_eq!(writer.append(frame(2), key("k", fp ^ 1)).await.unwrap(), Appended::KeyReused);
+    assert_eq!(writer.append(frame(1), key("k", fp)).await.unwrap(), Appended::Duplicate(1));
+    assert_eq!(log.stats().next_seq, 2, "nothing but the first was stored");
+}
+
+/// Issue 7: with a CRC-32 body fingerprint, a body made to share the stored body's CRC was
+/// answered "duplicate" under its key while nothing of it was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_with_the_same_crc32_as_the_stored_one_is_not_a_duplicate() {
+    // Two bodies with one CRC-32, found by the birthday bound (about 80,000 tries). The bodies
+    // differ in 64 pseudo-random bits: a CRC is linear, so bodies that differ in fewer bits
+    // (say, consecutive numbers) may never collide.
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (0u64..)
+        .find_map(|n| {
+            let mixed = n.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29) ^ n;
+            let body = format!(r#"{{"n":"{mixed:016x}"}}"#).into_bytes();
+            seen.insert(crc32fast::hash(&body), body.clone())
+                .filter(|earlier| *earlier != body)
+                .map(|earlier| (earlier, body))
+        })
+        .unwrap();
+    assert_eq!(crc32fast::hash(&a), crc32fast::hash(&b));
+    assert_ne!(Fingerprint::of(&a), Fingerprint::of(&b));
+
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn LogStore> = Arc::new(open(dir.path(), 1 << 20));
+    let writer = WalWriter::start(log.clone(), 64, health());
+    let with = |body: &[u8]| Some(IdempotencyKey::new(Vec::new(), b"victim-key".to_vec(), body));
+    assert_eq!(writer.append(frame(1), with(&a)).await.unwrap(), Appended::Stored(1));
+    assert_eq!(writer.append(frame(2), with(&b)).await.unwrap(), Appended::KeyReused);
+    assert_eq!(writer.append(frame(1), with(&a)).await.unwrap(), Appended::Duplicate(1));
+}
+
+#[test]
+fn idempotency_keys_count_in_the_quota_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames_bytes = 10 * frame(0).len() as u64;
+    // One key's share: scope length (4) + key ("key-N", 5) + value (32) + sled's per entry.
+    let per_key = 4 + 5 + 32 + idempotency::ENTRY_OVERHEAD_BYTES;
+    {
+        let log = open(dir.path(), 1 << 20);
+        let keys: Vec<_> = (0..10).map(|i| (i, key(&format!("key-{i}"), i as u128).unwrap())).collect();
+        log.append(&(0..10).map(frame).collect::<Vec<_>>(), &keys).unwrap();
+        log.sync().unwrap();
+        assert_eq!(log.stats().idempotency_bytes, 10 * per_key);
+        assert_eq!(log.live_bytes(), frames_bytes + 10 * per_key, "more than the frames alone");
+        assert_eq!(log.stats().live_bytes, log.live_bytes());
+        // Delivering the records does not free their keys: they are remembered for the window.
+        log.append(&[frame(10)], &[]).unwrap();
+        log.ack_through(11).unwrap();
+        assert_eq!(log.stats().idempotency_bytes, 10 * per_key);
+        log.sync().unwrap();
+    }
+    let log = open(dir.path(), 1 << 20);
+    assert_eq!(log.stats().idempotency_bytes, 10 * per_key, "the count is read back at open");
+}
+
+#[test]
+fn expired_buckets_are_dropped_without_an_append_and_leave_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 300 ms window: the bucket is dropped between 600 and 675 ms after the append.
+    let log = open_with_window(dir.path(), 300, RecoveryMode::Repair);
+    log.append(&[frame(1), frame(2)], &[(0, key("a", 1).unwrap()), (1, key("b", 2).unwrap())]).unwrap();
+    let (live, buckets) = (log.live_bytes(), log.idempotency_buckets());
+    let frames_bytes = 2 * frame(1).len() as u64;
+    assert!(live > frames_bytes);
+    assert_eq!(buckets.len(), 1);
+    // No append from here on: only the expiry thread can drop the bucket.
+    eventually("the expired bucket was dropped", || log.idempotency_buckets().is_empty());
+    assert_eq!(log.stats().idempotency_bytes, 0);
+    assert_eq!(log.live_bytes(), frames_bytes, "the keys' bytes left the quota with their bucket");
+    drop(log);
+    let log = open_with_window(dir.path(), 300, RecoveryMode::ReportOnly);
+    assert!(log.idempotency_buckets().is_empty(), "dropped for good");
+    assert_eq!(log.stats().idempotency_bytes, 0);
+}
+
+#[test]
+fn an_expired_bucket_not_yet_dropped_never_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open_with_window(dir.path(), 60_000, RecoveryMode::Repair);
+        log.append(&[frame(1)], &[(0, key("k", 1).unwrap())]).unwrap();
+        log.sync().unwrap();
+    }
+    // Inspection runs no expiry thread, so the bucket stays; with a 1 ms window it is stale.
+    let log = open_with_window(dir.path(), 1, RecoveryMode::ReportOnly);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(log.idempotency_buckets().len(), 1, "the bucket is still there");
+    assert_eq!(log.lookup_key(b"", b"k").unwrap(), None);
+    assert!(log.stats().idempotency_bytes > 0, "and still counted until it is dropped");
+}
+
+#[test]
+fn the_expiry_thread_stops_with_the_log_and_releases_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..3 {
+        let log = open_with_window(dir.path(), 20, RecoveryMode::Repair);
+        log.append(&[frame(1)], &[(0, key("k", 1).unwrap())]).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        // Were the thread still running, it would hold sled open, and with it its lock.
+        let options = sled::Config::new().path(dir.path().join(keys::SLED_DIR));
+        eventually("sled's lock was released", || options.open().is_ok());
+    }
+}
+
+/// Entries written before scopes and 128-bit fingerprints: `seq | CRC-32 | stored_at_ms`, 24
+/// bytes, under the bare key, in a bucket without a byte count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_the_older_format_are_counted_but_never_answer() {
+    // A window so long that every key of this test falls into bucket 0.
+    const WINDOW_MS: u64 = 1 << 62;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open_with_window(dir.path(), WINDOW_MS, RecoveryMode::Repair);
+        log.append(&[frame(1)], &[]).unwrap();
+        log.sync().unwrap();
+    }
+    let old_value = [1u64, u64::from(crc32fast::hash(&frame(1))), crate::now_ms()]
+        .iter()
+        .flat_map(|n| n.to_be_bytes())
+        .collect::<Vec<u8>>();
+    let sled_dir = dir.path().join(keys::SLED_DIR);
+    let mut db = None;
+    eventually("sled opened", || {
+        db = sled::Config::new().path(&sled_dir).open().ok();
+        db.is_some()
+    });
+    let db = db.unwrap();
+    let bucket = db.open_tree(keys::bucket_name(0)).unwrap();
+    bucket.insert(b"old-key", old_value.as_slice()).unwrap();
+    // An old value under a key of the new format too, as if it could happen.
+    bucket.insert(keys::scoped_key(b"", b"odd-key"), old_value.as_slice()).unwrap();
+    db.flush().unwrap();
+    drop((bucket, db));
+
+    let log: Arc<dyn LogStore> = Arc::new(open_with_window(dir.path(), WINDOW_MS, RecoveryMode::Repair));
+    let expected = (7 + 24 + idempotency::ENTRY_OVERHEAD_BYTES) + (4 + 7 + 24 + idempotency::ENTRY_OVERHEAD_BYTES);
+    assert_eq!(log.stats().idempotency_bytes, expected, "scanned at open and counted in the quota");
+    assert_eq!(log.lookup_key(b"", b"old-key").unwrap(), None);
+    assert_eq!(log.lookup_key(b"", b"odd-key").unwrap(), None);
+    let writer = WalWriter::start(log.clone(), 8, health());
+    // The same body as the old entry's CRC says: stored, not answered "duplicate" on a CRC-32.
+    assert_eq!(writer.append(frame(1), key("old-key", 7)).await.unwrap(), Appended::Stored(2));
+    assert_eq!(writer.append(frame(1), key("odd-key", 7)).await.unwrap(), Appended::Stored(3));
+    assert_eq!(writer.append(frame(1), key("odd-key", 7)).await.unwrap(), Appended::Duplicate(3));
+    let per_key = 4 + 7 + 32 + idempotency::ENTRY_OVERHEAD_BYTES;
+    // "odd-key" replaced the old entry under the same stored key.
+    assert_eq!(log.stats().idempotency_bytes, expected + per_key + (32 - 24));
 }

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::error;
 
 use super::guard::WalHealth;
+use super::idempotency::Fingerprint;
 use super::log::LogStore;
 use super::{IdempotencyKey, WalError};
 
@@ -109,9 +110,9 @@ struct Group {
     keys: Vec<(usize, IdempotencyKey)>,
     /// Every request's answer-to-be and where to send it, in arrival order.
     answers: Vec<(Pending, Reply)>,
-    /// Keys stored by this group so far → (frame index, body fingerprint), so that a second
-    /// request with the same key in the same group is not stored again.
-    in_group: HashMap<Vec<u8>, (usize, u64)>,
+    /// Keys stored by this group so far, by (scope, key) → (frame index, body fingerprint), so
+    /// that a second request with the same key in the same group is not stored again.
+    in_group: HashMap<(Vec<u8>, Vec<u8>), (usize, Fingerprint)>,
 }
 
 /// The writer thread: gather a group, resolve its idempotency keys, commit it with one fsync,
@@ -174,16 +175,17 @@ impl Group {
     /// How a request with key `k` is answered without storing it: a duplicate of this group or
     /// of the log, or a key reused for another body. `None` if it is to be stored, with its key.
     fn resolve_key(&mut self, log: &dyn LogStore, k: &IdempotencyKey) -> Option<Pending> {
-        match self.in_group.get(&k.key) {
+        let scoped = (k.scope.clone(), k.key.clone());
+        match self.in_group.get(&scoped) {
             Some(&(index, fp)) if fp == k.fingerprint => Some(Pending::DuplicateInGroup(index)),
             Some(_) => Some(Pending::Known(Ok(Appended::KeyReused))),
-            None => match log.lookup_key(&k.key) {
+            None => match log.lookup_key(&k.scope, &k.key) {
                 Ok(Some(rec)) if rec.fingerprint == k.fingerprint => {
                     Some(Pending::Known(Ok(Appended::Duplicate(rec.seq))))
                 }
                 Ok(Some(_)) => Some(Pending::Known(Ok(Appended::KeyReused))),
                 Ok(None) => {
-                    self.in_group.insert(k.key.clone(), (self.frames.len(), k.fingerprint));
+                    self.in_group.insert(scoped, (self.frames.len(), k.fingerprint));
                     self.keys.push((self.frames.len(), k.clone()));
                     None
                 }
