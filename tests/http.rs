@@ -222,7 +222,13 @@ async fn an_idempotency_key_is_stored_once_and_answered_again() {
     let (status, json) = post(&c, &[JSON, ("idempotency-key", "")], SEED_SAMPLE).await;
     assert_eq!((status, json["error"]["code"].as_str()), (400, Some("invalid_idempotency_key")));
 
-    assert_eq!(status_json(&c).await["wal"]["next_seq"], 2, "the retried request was stored once");
+    let status = status_json(&c).await;
+    assert_eq!(status["wal"]["next_seq"], 2, "the retried request was stored once");
+    // The one stored key counts in the quota: 4 bytes of scope length (anonymous: no scope),
+    // the key, 32 bytes of value and 64 for sled's cost per entry.
+    let key_bytes = 4 + key.1.len() as u64 + 32 + 64;
+    assert_eq!(status["wal"]["idempotency_bytes"], key_bytes);
+    assert!(status["wal"]["live_bytes"].as_u64().unwrap() > key_bytes + SEED_SAMPLE.len() as u64);
 }
 
 /// The seed sample with `user_id` replaced by `user_id` (a JSON value) and extra `ctx` fields.
@@ -408,6 +414,29 @@ async fn with_api_keys_a_missing_or_wrong_key_is_refused_with_401_and_nothing_is
     assert!(metrics.contains(r#"collector_requests_rejected_total{code="missing_api_key"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"collector_requests_rejected_total{code="invalid_api_key"} 3"#), "{metrics}");
     assert!(!metrics.contains(KEY), "no key in the metrics");
+}
+
+#[tokio::test]
+async fn two_clients_with_the_same_idempotency_key_never_see_each_others_request() {
+    const OTHER: &str = "other-key-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, format!("{KEY}\n{OTHER}\n")).unwrap();
+    let (c, _wal) = start(&["--api-key-file", file.to_str().unwrap()]);
+    let as_client = |api_key: &'static str| [JSON, ("x-api-key", api_key), ("idempotency-key", "order-1")];
+    let (status, first) = post(&c, &as_client(KEY), SEED_SAMPLE).await;
+    assert_eq!((status, first.get("duplicate")), (200, None));
+    // The same key and the same body from another client: its own request, stored, not a
+    // "duplicate" answered with the first client's record.
+    let (status, other) = post(&c, &as_client(OTHER), SEED_SAMPLE).await;
+    assert_eq!((status, other.get("duplicate")), (200, None), "{other}");
+    assert_ne!(other["seq"], first["seq"]);
+    // Nor does its different body make the first client's key "reused".
+    let (status, json) = post(&c, &as_client(OTHER), SEED_SAMPLE.replace("user_test", "u2")).await;
+    assert_eq!((status, json["error"]["code"].as_str()), (422, Some("idempotency_key_reused")));
+    let (status, again) = post(&c, &as_client(KEY), SEED_SAMPLE).await;
+    assert_eq!((status, &again["seq"], &again["duplicate"]), (200, &first["seq"], &serde_json::json!(true)));
+    assert_eq!(status_json(&c).await["wal"]["next_seq"], 3, "one record per client");
 }
 
 #[tokio::test]

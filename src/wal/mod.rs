@@ -35,12 +35,20 @@
 //!   `node_id` → this WAL's generated node id; `wal_id` → its identity (16 hex digits, committed
 //!   with the position in Kafka); `segbytes/<first>` → size of a closed segment;
 //!   `lost/<first>` → last: a range of durable records sled no longer had at some open;
-//!   `aside/<seq>` → why a record Kafka refused was set aside.
+//!   `aside/<seq>` → why a record Kafka refused was set aside; `idembytes/<bucket>` → what the
+//!   keys of an idempotency bucket count against the quota.
 //! - `quarantine` — `u64` BE sequence → the raw bytes of a record that failed its checksum, or
 //!   that Kafka refused for what it is (set aside).
-//! - `idem/<bucket: u64 BE>` — idempotency keys → `seq | body fingerprint | stored_at_ms`,
-//!   bucketed by time window and dropped whole (see [`idempotency`]); each key is written in one
-//!   sled transaction with its record.
+//! - `idem/<bucket: u64 BE>` — idempotency keys, `bucket = stored_at_ms / window`, dropped whole
+//!   (see [`idempotency`]). Key: `[scope_len u32 BE][scope][Idempotency-Key]`, the scope being
+//!   the client's identity (empty = anonymous), so clients never see each other's keys and the
+//!   pair is unambiguous. Value, 32 bytes: `[seq u64 BE][fingerprint u128 BE][stored_at_ms u64
+//!   BE]`, the fingerprint being the first 128 bits of the body's SHA-256, which no one can
+//!   match with another body on purpose. Each key is written in one sled transaction with its
+//!   record and its bucket's byte count. Entries of the format before scopes (24 bytes, a CRC-32
+//!   fingerprint, the bare key) are never matched, so a retry spanning that upgrade may be
+//!   stored twice but is never answered "duplicate" on a forgeable CRC; they are counted and
+//!   expire like the others.
 //!
 //! **Sequence numbers** start at 1 and are never reused. After a clean restart the next one
 //! follows the highest key found; after a detected loss it jumps above everything the sequence
@@ -87,6 +95,16 @@
 //! **Reclamation.** After Kafka confirms a batch, the flusher calls `ack_through(seq)`: the
 //! watermark is written and fsynced, then every non-active segment whose records are all
 //! `<= seq` is dropped with `drop_tree`.
+//!
+//! **Quota.** [`LogStore::live_bytes`], what ingest compares with `--wal-max-mib`, is the bytes
+//! of records in live segments plus the bytes of idempotency keys: each key, its value and a
+//! fixed estimate of sled's cost per entry ([`idempotency::ENTRY_OVERHEAD_BYTES`]). A key
+//! stays counted for its window, after its record was delivered, until its bucket is dropped.
+//!
+//! **Key expiry, off the request path.** A bucket is dropped by an expiry thread that the log
+//! starts at a `Repair` open and stops (joining it) when dropped, never by the writer thread, so
+//! no `drop_tree` runs inside a group commit. Lookups only read the current and previous
+//! bucket and honour `stored_at_ms`, so an expired bucket not yet dropped never answers.
 
 mod error;
 mod guard;

@@ -11,7 +11,10 @@
 //! 4. [`load_segments`]: the segment trees.
 //! 5. [`last_sequence`]: the highest record sled still holds.
 //! 6. [`Recovery::detect_loss`]: durable records sled no longer has; numbering jumps past them.
-//! 7. The idempotency index (`KeyIndex::open`): the key buckets as they are.
+//! 7. The idempotency index (`KeyIndex::open`): the key buckets as they are, with the bytes
+//!    each counts against the quota (`idembytes/` in `meta`; a bucket without a count, from
+//!    before counts were kept, is scanned). `Repair` stores the counts it scanned, removes
+//!    those of buckets that are gone and starts the expiry thread; `ReportOnly` does none of it.
 //! 8. [`load_segment_sizes`]: bytes per segment, for the quota.
 //! 9. Reclaim (`SledLog::reclaim`): drop segments a crash left behind after the watermark
 //!    passed them. `ReportOnly` only leaves them out of its counts.
