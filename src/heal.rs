@@ -134,6 +134,8 @@ pub async fn watch(
             tokio::task::spawn_blocking(move || disk.probe()).await.unwrap_or_else(|e| Err(e.to_string()))
         };
         match probe {
+            // The probe can take a while on a sick disk: a shutdown asked for meanwhile wins.
+            Ok(()) if *shutdown.borrow() => {}
             Ok(()) => restart_in_place(&fault, &listeners),
             Err(why) if last_report.elapsed() >= Duration::from_secs(60) => {
                 last_report = Instant::now();
@@ -155,6 +157,11 @@ fn needs_healing(health: &WalHealth) -> Option<String> {
 /// Replaces this process with a fresh run of the same command, told to listen where this one
 /// does. Returns only by exiting, if the restart is impossible.
 fn restart_in_place(fault: &str, listeners: &[(&'static str, SocketAddr)]) -> ! {
+    let restarts = Restarts::from_env().next(crate::now_ms());
+    if restarts.count > MAX_RESTARTS {
+        error!(%fault, restarts = MAX_RESTARTS, window_secs = RESTART_WINDOW.as_secs(), "The WAL failed again after every restart in place; exiting so an operator looks at the disk.");
+        std::process::exit(3);
+    }
     warn!(%fault, "The WAL's disk is usable again; restarting the process in place to reopen the WAL (same pid, same addresses).");
     let rebind: Vec<String> = listeners.iter().map(|(name, addr)| format!("{name}={addr}")).collect();
     let error = match std::env::current_exe() {
@@ -165,6 +172,7 @@ fn restart_in_place(fault: &str, listeners: &[(&'static str, SocketAddr)]) -> ! 
             std::process::Command::new(exe)
                 .args(std::env::args_os().skip(1))
                 .env(REBIND, rebind.join(","))
+                .env(RESTARTS, restarts.to_string())
                 .exec()
                 .to_string()
         }
@@ -172,6 +180,47 @@ fn restart_in_place(fault: &str, listeners: &[(&'static str, SocketAddr)]) -> ! 
     };
     error!(%fault, %error, "Could not restart the process to reopen the WAL; exiting so a supervisor restarts it.");
     std::process::exit(3);
+}
+
+/// Restarts in place within [`RESTART_WINDOW`] after which the process exits instead: a disk
+/// that passes the probe yet fails every reopened WAL needs an operator.
+const MAX_RESTARTS: u32 = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(600);
+/// Environment variable carrying the restarts so far to the restarted process: `count,first_ms`.
+const RESTARTS: &str = "COLLECTOR_HEAL_RESTARTS";
+
+/// Restarts in place in the current window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Restarts {
+    count: u32,
+    /// When the window's first restart happened (ms since the epoch).
+    first_ms: u64,
+}
+
+impl Restarts {
+    fn from_env() -> Self {
+        std::env::var(RESTARTS).ok().and_then(|v| Self::parse(&v)).unwrap_or(Restarts { count: 0, first_ms: 0 })
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        let (count, first_ms) = value.split_once(',')?;
+        Some(Restarts { count: count.parse().ok()?, first_ms: first_ms.parse().ok()? })
+    }
+
+    /// With one more restart at `now_ms`: counted in the window, or the first of a new one.
+    fn next(self, now_ms: u64) -> Self {
+        if self.count == 0 || now_ms.saturating_sub(self.first_ms) > RESTART_WINDOW.as_millis() as u64 {
+            Restarts { count: 1, first_ms: now_ms }
+        } else {
+            Restarts { count: self.count + 1, ..self }
+        }
+    }
+}
+
+impl std::fmt::Display for Restarts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{}", self.count, self.first_ms)
+    }
 }
 
 /// Where listener `name` listened before a restart in place, if this process is one.
@@ -182,4 +231,33 @@ pub fn rebind_address(name: &str) -> Option<SocketAddr> {
         .filter_map(|pair| pair.split_once('='))
         .find(|(n, _)| *n == name)
         .and_then(|(_, addr)| addr.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_in_place_are_counted_within_a_window_and_start_over_after_it() {
+        let first = Restarts::from_env().next(1_000);
+        assert_eq!(first, Restarts { count: 1, first_ms: 1_000 });
+        let carried = Restarts::parse(&first.to_string()).unwrap();
+        let fifth = (0..4).fold(carried, |r, i| r.next(2_000 + i));
+        assert_eq!(fifth.count, 5);
+        assert!(fifth.next(3_000).count > MAX_RESTARTS, "a sixth within the window ends the process");
+        let later = fifth.next(1_000 + RESTART_WINDOW.as_millis() as u64 + 1);
+        assert_eq!(later, Restarts { count: 1, first_ms: 1_000 + RESTART_WINDOW.as_millis() as u64 + 1 });
+    }
+
+    #[test]
+    fn the_free_space_headroom_counts_what_was_appended_since_the_sample_and_the_reservations() {
+        let disk = DiskWatch::new(Path::new("/"), 100);
+        disk.free.store(1_000, Ordering::Release);
+        disk.live_at_sample.store(50, Ordering::Release);
+        assert!(!disk.low(50, 0));
+        assert!(!disk.low(950, 0), "900 appended since: 100 left, the headroom exactly");
+        assert!(disk.low(951, 0));
+        assert!(disk.low(50, 901), "reserved bodies count too");
+        assert!(!DiskWatch::new(Path::new("/"), 0).low(u64::MAX, u64::MAX), "0 turns the headroom off");
+    }
 }

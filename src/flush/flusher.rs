@@ -115,6 +115,9 @@ const REFUSALS_BEFORE_SET_ASIDE: u32 = 3;
 /// Failed reads of a batch after which the flusher reads its first record alone, to tell one
 /// unreadable record (set aside) from an unreadable WAL (retried, then stopped).
 const READ_FAILURES_BEFORE_ISOLATING: u32 = 3;
+/// Failed reads of a batch (and of its first record alone, since the third) after which that
+/// record is set aside, if the records after it can be read.
+const READ_FAILURES_BEFORE_SET_ASIDE: u32 = 6;
 /// Failed WAL reads in a row after which the flusher stops (and the process exits, loudly)
 /// instead of retrying a storage fault forever.
 const READ_FAILURES_BEFORE_STOP: u32 = 10;
@@ -176,10 +179,8 @@ impl FlushLoop<'_> {
     }
 
     /// Reads the next batch, `next..=upto`. `None` after a failed read (retry). A read that
-    /// keeps failing narrows to the record at `next` alone: readable, it is delivered by itself;
-    /// unreadable while the records after it can be read, it is set aside (in the quarantine,
-    /// with the reason) and returned without its frame, so the flusher moves past it. A fault
-    /// that is not one record's stops the flusher after [`READ_FAILURES_BEFORE_STOP`] reads.
+    /// keeps failing narrows to one record ([`Self::isolate`]). A fault that is not one
+    /// record's stops the flusher after [`READ_FAILURES_BEFORE_STOP`] reads.
     fn read(&mut self, next: u64, upto: u64, failures: &mut u32) -> Result<Option<Vec<ReadRecord>>, KafkaStageError> {
         let log = &self.flusher.log;
         let options = &self.flusher.options;
@@ -199,19 +200,9 @@ impl FlushLoop<'_> {
         *failures += 1;
         error!(error = %error, attempt = *failures, "Reading the WAL failed; retrying.");
         if *failures >= READ_FAILURES_BEFORE_ISOLATING {
-            match log.read(next, next, 1, usize::MAX) {
-                Ok(alone) => {
-                    *failures = 0;
-                    return Ok(Some(alone));
-                }
-                Err(alone) if next < upto && log.read(next + 1, upto, 1, usize::MAX).is_ok() => {
-                    log.set_aside(next, &format!("the WAL cannot read it: {alone}")).map_err(|e| {
-                        KafkaStageError::Wal(format!("record {next} cannot be read ({alone}) nor set aside ({e})"))
-                    })?;
-                    *failures = 0;
-                    return Ok(Some(vec![ReadRecord { seq: next, frame: None }]));
-                }
-                Err(_) => {}
+            if let Some(found) = self.isolate(next, upto, *failures)? {
+                *failures = 0;
+                return Ok(Some(found));
             }
         }
         if *failures >= READ_FAILURES_BEFORE_STOP {
@@ -221,6 +212,38 @@ impl FlushLoop<'_> {
         }
         self.backoff.pause(self.runtime, self.stop);
         Ok(None)
+    }
+
+    /// After `failures` failed batch reads: the first record of `next..=upto`, read alone (the
+    /// numbers before it hold none: a failed group commit's, say), if it can be read; or, if it
+    /// still cannot be read after [`READ_FAILURES_BEFORE_SET_ASIDE`] rounds while the records
+    /// after it can (a transient error is not enough), that record set aside and returned
+    /// without its frame. `None`: nothing isolated (yet).
+    fn isolate(&self, next: u64, upto: u64, failures: u32) -> Result<Option<Vec<ReadRecord>>, KafkaStageError> {
+        let log = &self.flusher.log;
+        let mut seq = next;
+        let alone = loop {
+            match log.read(seq, seq, 1, usize::MAX) {
+                Ok(none) if none.is_empty() && seq < upto => seq += 1,
+                other => break other,
+            }
+        };
+        match alone {
+            // Nothing up to `upto` contradicts the failed batch read: retry it.
+            Ok(found) if found.is_empty() => Ok(None),
+            Ok(found) => Ok(Some(found)),
+            Err(e)
+                if failures >= READ_FAILURES_BEFORE_SET_ASIDE
+                    && seq < upto
+                    && log.read(seq + 1, upto, 1, usize::MAX).is_ok() =>
+            {
+                log.set_aside(seq, &format!("the WAL cannot read it: {e}")).map_err(|aside| {
+                    KafkaStageError::Wal(format!("record {seq} cannot be read ({e}) nor set aside ({aside})"))
+                })?;
+                Ok(Some(vec![ReadRecord { seq, frame: None }]))
+            }
+            Err(_) => Ok(None),
+        }
     }
 
     /// Makes the outbox ready and finds where to start: after the WAL's watermark, or after

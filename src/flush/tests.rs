@@ -308,8 +308,9 @@ fn a_record_kafka_keeps_refusing_is_set_aside_and_the_rest_is_delivered() {
     assert_eq!(h.log.stats().quarantined, 1, "the record is kept in the WAL's quarantine");
 }
 
-/// A WAL whose reads fail: all of them (a storage fault), or those that include one record.
-struct UnreadableWal(Arc<dyn LogStore>, Option<u64>);
+/// A WAL whose reads fail: all of them (a storage fault), or those that include record `.1`;
+/// record `.2`, if any, is absent (the number of a failed group commit).
+struct UnreadableWal(Arc<dyn LogStore>, Option<u64>, Option<u64>);
 
 impl LogStore for UnreadableWal {
     fn append(
@@ -333,7 +334,11 @@ impl LogStore for UnreadableWal {
         bytes: usize,
     ) -> Result<Vec<crate::wal::ReadRecord>, crate::wal::WalError> {
         match self.1 {
-            Some(bad) if !(from..=upto).contains(&bad) => self.0.read(from, upto, n, bytes),
+            Some(bad) if !(from..=upto).contains(&bad) => {
+                let mut records = self.0.read(from, upto, n, bytes)?;
+                records.retain(|r| Some(r.seq) != self.2);
+                Ok(records)
+            }
             _ => Err(crate::wal::WalError::Storage("I/O error (injected)".into())),
         }
     }
@@ -357,7 +362,7 @@ impl LogStore for UnreadableWal {
 #[test]
 fn a_wal_that_cannot_be_read_stops_the_flusher_instead_of_retrying_forever() {
     let mut h = harness(3);
-    h.flusher.log = Arc::new(UnreadableWal(h.log.clone(), None));
+    h.flusher.log = Arc::new(UnreadableWal(h.log.clone(), None, None));
     let result = h.drain(&mut FakeOutbox::new(vec![]), Some(&FakePositions::new(&[None])), LONG);
     assert!(matches!(result, Err(KafkaStageError::Wal(_))), "{result:?}");
     assert_eq!(h.delivered_through(), 0);
@@ -366,7 +371,7 @@ fn a_wal_that_cannot_be_read_stops_the_flusher_instead_of_retrying_forever() {
 #[test]
 fn one_record_sled_cannot_read_is_set_aside_and_the_rest_is_delivered() {
     let mut h = harness(5);
-    h.flusher.log = Arc::new(UnreadableWal(h.log.clone(), Some(3)));
+    h.flusher.log = Arc::new(UnreadableWal(h.log.clone(), Some(3), None));
     let mut outbox = FakeOutbox::new(vec![]);
     h.drain(&mut outbox, Some(&FakePositions::new(&[None])), LONG).unwrap();
     assert_eq!(h.delivered_through(), 5, "the flusher moved past the unreadable record");
@@ -377,4 +382,21 @@ fn one_record_sled_cannot_read_is_set_aside_and_the_rest_is_delivered() {
         .collect();
     assert_eq!(payloads, [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":4}"#, r#"{"n":5}"#], "every readable record, once");
     assert_eq!(h.log.stats().quarantined, 1, "the unreadable record is in the quarantine");
+}
+
+#[test]
+fn behind_a_gap_an_unreadable_record_is_found_and_the_records_around_it_are_delivered() {
+    // Record 1 is absent (its group commit failed): isolating must look past it, not skip to
+    // the end of the range and acknowledge records never delivered.
+    let mut h = harness(5);
+    h.flusher.log = Arc::new(UnreadableWal(h.log.clone(), Some(3), Some(1)));
+    let mut outbox = FakeOutbox::new(vec![]);
+    h.drain(&mut outbox, Some(&FakePositions::new(&[None])), LONG).unwrap();
+    let payloads: Vec<String> = outbox
+        .committed
+        .iter()
+        .flat_map(|batch| batch.messages.iter().map(|m| String::from_utf8(m.2.clone().unwrap()).unwrap()))
+        .collect();
+    assert_eq!(payloads, [r#"{"n":2}"#, r#"{"n":4}"#, r#"{"n":5}"#]);
+    assert_eq!(h.delivered_through(), 5);
 }

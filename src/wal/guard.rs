@@ -5,9 +5,13 @@
 //! fsync, acknowledgement, set-aside) *fails* the log: from then on every call that would touch
 //! the disk answers [`WalError::Unavailable`] at once, [`WalHealth::fault`] says why, and
 //! ingest answers `503 wal_unavailable` and turns unready. Nothing written before the failure
-//! and not yet fsynced is ever treated as durable: no request of the failed group commit got a
-//! 2xx, and no later fsync is asked of this handle. What the disk really holds is read again
-//! only by a fresh open, which `crate::heal` does once the disk is usable.
+//! and not yet fsynced is treated as durable by this process: no request of the failed group
+//! commit got a 2xx, and no later fsync of this handle is trusted (sled's own periodic flush may
+//! still run; nothing is answered on its strength). What the disk holds is read again only by a
+//! fresh open, which `crate::heal` does once the disk is usable. (That fresh process may read
+//! the failed group's records from the page cache; it delivers them, at least once — their
+//! clients were told they were not stored — and a retry with the same `Idempotency-Key` may be
+//! answered as a duplicate of such a record: see the README's "not guaranteed".)
 //!
 //! Why not go on with the same handle: sled 0.34 does not survive a storage fault. On a full
 //! tmpfs its appends fail with ENOSPC, and after space is freed the next append blocks forever
@@ -42,7 +46,7 @@ pub enum WalFault {
 #[derive(Debug)]
 pub struct WalHealth {
     failed: OnceLock<String>,
-    /// When the group commit in progress started (ms since the epoch); 0 when none runs.
+    /// When the group commit in progress started ([`monotonic_ms`]); 0 when none runs.
     commit_started_ms: AtomicU64,
     append_deadline: Duration,
 }
@@ -72,7 +76,7 @@ impl WalHealth {
 
     /// The writer starts a group commit.
     pub fn commit_started(&self) {
-        self.commit_started_ms.store(crate::now_ms().max(1), Ordering::Release);
+        self.commit_started_ms.store(monotonic_ms(), Ordering::Release);
     }
 
     /// The writer's group commit ended (either way).
@@ -86,7 +90,7 @@ impl WalHealth {
         if started == 0 {
             return None;
         }
-        let running = Duration::from_millis(crate::now_ms().saturating_sub(started));
+        let running = Duration::from_millis(monotonic_ms().saturating_sub(started));
         (running > self.append_deadline).then_some(running)
     }
 
@@ -97,6 +101,13 @@ impl WalHealth {
             None => self.stalled().map(WalFault::Stalled),
         }
     }
+}
+
+/// Milliseconds on a monotonic clock since the first call, from 1: a wall clock stepped
+/// forward (NTP, a resumed VM) must not look like a stalled disk.
+fn monotonic_ms() -> u64 {
+    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// The log behind a fault guard (see the module notes).

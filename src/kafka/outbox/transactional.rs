@@ -19,7 +19,8 @@
 //! `init_transactions` aborts the stuck transaction. A commit that keeps timing out is stuck
 //! the same way: librdkafka keeps it in progress, and an abort would only conflict with it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -150,24 +151,30 @@ impl TransactionalOutbox {
     ) -> Result<(), TxnFailure> {
         let timeout = self.options.txn.operation;
         let (done, result) = std::sync::mpsc::sync_channel(1);
-        let (on_thread, abandoned) = (Arc::clone(producer), Arc::clone(&self.abandoned));
+        let state = Arc::new(AtomicU8::new(PENDING));
+        let end = CallEnd { state: Arc::clone(&state), abandoned: Arc::clone(&self.abandoned) };
+        let on_thread = Arc::clone(producer);
         let spawned = std::thread::Builder::new().name("kafka-send-offsets".into()).spawn(move || {
             let sent = on_thread.send_offsets_to_transaction(&list, &group, timeout);
-            if done.send(sent).is_err() {
-                // Nobody waits any more: this call was abandoned and has now returned.
-                abandoned.fetch_sub(1, Ordering::AcqRel);
-                info!("A Kafka call abandoned earlier has returned; its producer is released.");
-            }
+            let _ = done.send(sent);
+            // Settled after the result is in the channel (and also when the call panics).
+            drop(end);
         });
         if let Err(e) = spawned {
             return Err(TxnFailure::Abortable(KafkaError::ClientCreation(format!("no thread for a Kafka call: {e}"))));
         }
+        let panicked = || TxnFailure::Abortable(KafkaError::ClientCreation("a Kafka call panicked".into()));
         match result.recv_timeout(timeout + STUCK_GRACE) {
             Ok(sent) => sent.map_err(classify),
-            Err(_) => {
-                // Counted before `result` is dropped, so the thread's decrement comes after.
+            Err(RecvTimeoutError::Disconnected) => Err(panicked()),
+            Err(RecvTimeoutError::Timeout) => {
+                // Counted before the call can see it abandoned, so its uncounting comes after.
                 let stuck = self.abandoned.fetch_add(1, Ordering::AcqRel) + 1;
-                drop(result);
+                if state.compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                    // It returned just now after all.
+                    self.abandoned.fetch_sub(1, Ordering::AcqRel);
+                    return result.try_recv().map_err(|_| panicked())?.map_err(classify);
+                }
                 error!(
                     timeout_ms = timeout.as_millis() as u64,
                     abandoned = stuck,
@@ -208,6 +215,28 @@ impl TransactionalOutbox {
                     None => OutboxError::Aborted(e),
                 }
             }
+        }
+    }
+}
+
+/// A watched call's state; whoever moves it out of `PENDING` settles it: the call, when it
+/// returns in time, or the caller, when it stops waiting (and counts it abandoned).
+const PENDING: u8 = 0;
+const RETURNED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// Dropped on the call's thread when the call is over (returned, or panicked): uncounts the
+/// call if the caller had abandoned it.
+struct CallEnd {
+    state: Arc<AtomicU8>,
+    abandoned: Arc<AtomicUsize>,
+}
+
+impl Drop for CallEnd {
+    fn drop(&mut self) {
+        if self.state.compare_exchange(PENDING, RETURNED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            self.abandoned.fetch_sub(1, Ordering::AcqRel);
+            info!("A Kafka call abandoned earlier has returned; its producer is released.");
         }
     }
 }
