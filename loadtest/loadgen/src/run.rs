@@ -194,9 +194,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stats: Vec<_> = (0..args.connections).map(|_| Arc::new(Mutex::new(WorkerStats::new()))).collect();
     let workers: Vec<_> = stats.iter().map(|s| tokio::spawn(worker(Arc::clone(&plan), Arc::clone(s)))).collect();
 
-    let mut series = Vec::new();
+    let done = Arc::new(tokio::sync::Notify::new());
     let progress = {
         let plan = Arc::clone(&plan);
+        let done = Arc::clone(&done);
         let stats = stats.clone();
         let quiet = args.quiet;
         tokio::spawn(async move {
@@ -207,10 +208,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
+                    // The workers are done: the partial last second is left out of the series.
+                    () = done.notified() => return series,
                     _ = tokio::signal::ctrl_c() => {
                         eprintln!("loadgen: interrupted; finishing the requests in flight");
                         plan.stop.store(true, Ordering::Relaxed);
-                        tick.tick().await;
+                        continue;
                     }
                 }
                 let (mut acked, mut errors, mut bytes) = (0u64, 0u64, 0u64);
@@ -245,9 +248,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     );
                 }
                 series.push(second);
-                if plan.stop.load(Ordering::Relaxed) {
-                    return series;
-                }
             }
         })
     };
@@ -256,10 +256,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let elapsed = plan.start.elapsed().as_secs_f64();
     plan.stop.store(true, Ordering::Relaxed);
-    progress.abort();
-    if let Ok(s) = progress.await {
-        series = s;
-    }
+    done.notify_one();
+    let series = progress.await.context("the progress task panicked")?;
     let ended_at_ms = now_ms();
     let cpu = cpu_seconds() - cpu_before;
 

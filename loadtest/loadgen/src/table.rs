@@ -40,8 +40,9 @@ pub fn main(args: TableArgs) -> anyhow::Result<()> {
             Some(p) => {
                 let v: serde_json::Value =
                     serde_json::from_slice(&std::fs::read(p).with_context(|| format!("reading {p}"))?)?;
+                let verdict = if v["ok"].as_bool() == Some(true) { "" } else { " **(fails)**" };
                 match v["all_found_after_s"].as_f64() {
-                    Some(s) => format!("{s:.1} s, {} duplicated", v["duplicated"]),
+                    Some(s) => format!("{s:.1} s, {} duplicated{verdict}", v["duplicated"]),
                     None => format!("**{} lost**, {} duplicated", v["lost"], v["duplicated"]),
                 }
             }

@@ -28,8 +28,12 @@ pub struct VerifyArgs {
     /// The transformed topic (one row per event).
     #[arg(long, default_value = "collect-topic2")]
     topic: String,
-    /// Give up this many seconds after the load stopped.
+    /// Every acknowledged event must be in the topic this many seconds after the load stopped.
     #[arg(long, default_value_t = 10.0)]
+    deadline_secs: f64,
+    /// Keep looking this many seconds after the load stopped (or after verify started, if later),
+    /// to tell late events from lost ones.
+    #[arg(long, default_value_t = 30.0)]
     timeout_secs: f64,
     /// After the last id arrived, keep reading until the topic is quiet this long (duplicates).
     #[arg(long, default_value_t = 1.0)]
@@ -50,8 +54,13 @@ pub struct Verdict {
     pub duplicated: u64,
     /// Rows of this run whose request was not acknowledged.
     pub unacknowledged_rows: u64,
+    /// Found, but after the deadline.
+    pub late: u64,
     /// When the last acknowledged event was seen, in seconds after the load stopped.
     pub all_found_after_s: Option<f64>,
+    pub deadline_s: f64,
+    /// No event lost or duplicated, and all found by the deadline.
+    pub ok: bool,
 }
 
 pub fn main(args: VerifyArgs) -> anyhow::Result<()> {
@@ -69,8 +78,9 @@ pub fn main(args: VerifyArgs) -> anyhow::Result<()> {
     let prefix = format!("lg-{run}-");
 
     let mut child = Command::new(&args.kcat)
-        .args(["-C", "-q", "-b", &args.brokers, "-t", &args.topic, "-X", "isolation.level=read_committed"])
-        // From a second before the run started: rows are stamped when produced, after that.
+        .args(["-C", "-q", "-u", "-b", &args.brokers, "-t", &args.topic, "-X", "isolation.level=read_committed"])
+        // -u: unbuffered, or the last rows wait in kcat's stdout buffer. From a second before the
+        // run started: rows are stamped when produced, after that.
         .args(["-o", &format!("s@{}", started_at_ms.saturating_sub(1000)), "-f", "%s\\n"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -87,8 +97,10 @@ pub fn main(args: VerifyArgs) -> anyhow::Result<()> {
         }
     });
 
-    let deadline_ms = ended_at_ms + (args.timeout_secs * 1000.0) as u64;
-    let (mut found, mut unacked, mut dup) = (0u64, 0u64, 0u64);
+    let deadline_ms = ended_at_ms + (args.deadline_secs * 1000.0) as u64;
+    // Run long after the load, verify still reads for the whole timeout before calling an event lost.
+    let timeout_ms = ended_at_ms.max(now_ms()) + (args.timeout_secs.max(args.deadline_secs) * 1000.0) as u64;
+    let (mut found, mut late, mut unacked, mut dup) = (0u64, 0u64, 0u64, 0u64);
     let mut all_found_after_s = None;
     let mut quiet_since = Instant::now();
     loop {
@@ -100,10 +112,10 @@ pub fn main(args: VerifyArgs) -> anyhow::Result<()> {
             left
         } else {
             let now = now_ms();
-            if now >= deadline_ms {
+            if now >= timeout_ms {
                 break;
             }
-            Duration::from_millis((deadline_ms - now).min(200))
+            Duration::from_millis((timeout_ms - now).min(200))
         };
         let line = match rx.recv_timeout(wait) {
             Ok(line) => line,
@@ -120,6 +132,9 @@ pub fn main(args: VerifyArgs) -> anyhow::Result<()> {
                 *n += 1;
                 if *n == 1 {
                     found += 1;
+                    if now_ms() > deadline_ms {
+                        late += 1;
+                    }
                     if found == total {
                         all_found_after_s = Some(now_ms().saturating_sub(ended_at_ms) as f64 / 1000.0);
                     }
@@ -135,29 +150,35 @@ pub fn main(args: VerifyArgs) -> anyhow::Result<()> {
     if total == 0 {
         all_found_after_s = Some(0.0);
     }
+    let lost = total - found;
     let verdict = Verdict {
         acknowledged: total,
         found,
-        lost: total - found,
+        lost,
         duplicated: dup,
         unacknowledged_rows: unacked,
+        late,
         all_found_after_s,
+        deadline_s: args.deadline_secs,
+        ok: lost == 0 && dup == 0 && late == 0,
     };
     match verdict.all_found_after_s {
         Some(s) => eprintln!(
-            "verify: all {total} acknowledged events of run {run} are in {} ({s:.2} s after the load stopped); {dup} duplicated; {unacked} rows of unacknowledged requests",
-            args.topic
+            "verify: all {total} acknowledged events of run {run} are in {} ({s:.2} s after the load stopped; deadline {:.0} s, {late} found after it); {dup} duplicated; {unacked} rows of unacknowledged requests",
+            args.topic, args.deadline_secs
         ),
         None => eprintln!(
-            "verify: {} of {total} acknowledged events of run {run} are missing from {} {:.1} s after the load stopped; {dup} duplicated",
-            verdict.lost, args.topic, args.timeout_secs
+            "verify: {lost} of {total} acknowledged events of run {run} are missing from {} (read until {:.0} s after the load stopped or verify started; {late} more found only after the {:.0} s deadline); {dup} duplicated",
+            args.topic,
+            args.timeout_secs.max(args.deadline_secs),
+            args.deadline_secs
         ),
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&verdict)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if verdict.lost > 0 || verdict.duplicated > 0 {
+    if !verdict.ok {
         std::process::exit(1);
     }
     Ok(())
