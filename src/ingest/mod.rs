@@ -19,7 +19,7 @@ mod state;
 mod status;
 pub mod validate;
 
-pub use body::BodyLimits;
+pub use body::{decode_body, BodyLimits};
 pub use error::IngestError;
 pub use server::{router, serve};
 pub use state::{IngestState, ServerOptions, Unready};
