@@ -3,7 +3,7 @@
 //! - decoding never yields more than the limit, and fails only as `invalid_gzip` or
 //!   `decompressed_too_large`;
 //! - an accepted body is within the limits, strict (no duplicate key, no raw control
-//!   character), read alike by serde_json, and transforms into exactly its events' rows
+//!   character, no `-0`), read alike by serde_json, and transforms into exactly its events' rows
 //!   ([`collector_fuzz::check_rows`]); sent gzipped (one member or two), it decodes back to
 //!   itself byte for byte;
 //! - a refusal has a code, a sentence, a JSON-pointer path and the right HTTP class; one the
@@ -22,8 +22,15 @@ use collector_fuzz::{check_rows, defaults};
 use libfuzzer_sys::fuzz_target;
 
 /// Codes only ingest gives: its limits, and strictness.
-const INGEST_ONLY: &[&str] =
-    &["too_many_events", "ctx_too_large", "field_too_long", "rows_too_large", "duplicate_key", "control_character"];
+const INGEST_ONLY: &[&str] = &[
+    "too_many_events",
+    "ctx_too_large",
+    "field_too_long",
+    "rows_too_large",
+    "duplicate_key",
+    "control_character",
+    "negative_zero",
+];
 const MALFORMED: &[&str] = &["invalid_json", "invalid_utf8", "control_character"];
 
 fuzz_target!(|data: &[u8]| {

@@ -67,6 +67,7 @@ fn request_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("control_character__raw_tab.json", body(&EVENT.replace(r#""u""#, "\"u\tv\""), CTX)),
         ("duplicate_key__user_id.json", body(&EVENT.replace(r#""user_id":"u""#, r#""user_id":"u","user_id":7"#), CTX)),
         ("invalid_json__integer_past_u64.json", body(&EVENT.replace(r#":1,"#, ":99999999999999999999,"), CTX)),
+        ("negative_zero__event_time.json", body(&EVENT.replace(r#":1,"#, ":-0,"), CTX)),
         ("invalid_field__negative_event_time.json", body(&EVENT.replace(r#":1,"#, ":-1,"), CTX)),
         ("invalid_json__float_out_of_range.json", body(&EVENT.replace(r#""u""#, "1e400"), CTX)),
         ("invalid_field__float_user_id.json", body(&EVENT.replace(r#""u""#, "-0.5e-3"), CTX)),
