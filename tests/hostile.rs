@@ -157,6 +157,12 @@ fn cases() -> Vec<Case> {
             400,
             "invalid_json",
         ),
+        case(
+            "event_time -0 (parsers read it as 0 or as -0.0)",
+            request(&[r#"{"event_type":"a","event_time":-0,"user_id":"u"}"#]),
+            422,
+            "negative_zero",
+        ),
         case("missing user_id", request(&[r#"{"event_type":"a","event_time":1}"#]), 422, "missing_field"),
         case("null user_id", request(&[r#"{"event_type":"a","event_time":1,"user_id":null}"#]), 422, "missing_field"),
         case("empty user_id", request(&[r#"{"event_type":"a","event_time":1,"user_id":""}"#]), 422, "invalid_field"),

@@ -255,6 +255,8 @@ async fn requests_that_would_stall_or_flood_downstream_are_refused_at_the_door()
         (thousand_events.into_bytes(), 422, "ctx_too_large", "/ctx"),
         (sample_with(r#""a","user_id":"b""#, ""), 422, "duplicate_key", "/events/0/user_id"),
         (sample_with("\"a\u{1}b\"", ""), 400, "control_character", "/events/0/user_id"),
+        // Found by the collect_request fuzz target: an integer to simd-json, a float to serde_json.
+        (sample_with("-0", ""), 422, "negative_zero", "/events/0/user_id"),
         (sample_with(r#""u""#, &format!(r#","pad":{:?}"#, "p".repeat(20_000))), 422, "ctx_too_large", "/ctx"),
     ];
     for (body, status, code, path) in cases {

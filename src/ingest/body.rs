@@ -45,10 +45,20 @@ pub async fn read(headers: &HeaderMap, body: Body, limits: BodyLimits) -> Result
         Ok(Err(e)) => return Err(IngestError::BodyRead(e.to_string())),
         Ok(Ok(collected)) => collected.to_bytes(),
     };
+    decode_body(raw, gzip, limits.max_decompressed_bytes)
+}
+
+/// The body as the collector stores it: `raw` as read off the wire, gunzipped when `gzip`,
+/// at most `max_decompressed_bytes` either way. Pure (no HTTP), so it can be fuzzed alone.
+///
+/// # Errors
+/// 413 past `max_decompressed_bytes` (a gzip bomb stops there, never expanding further), 400 for
+/// a broken gzip stream.
+pub fn decode_body(raw: Bytes, gzip: bool, max_decompressed_bytes: usize) -> Result<Bytes, IngestError> {
     if gzip {
-        gunzip(&raw, limits.max_decompressed_bytes).map(Bytes::from)
-    } else if raw.len() > limits.max_decompressed_bytes {
-        Err(IngestError::DecompressedTooLarge { limit: limits.max_decompressed_bytes })
+        gunzip(&raw, max_decompressed_bytes).map(Bytes::from)
+    } else if raw.len() > max_decompressed_bytes {
+        Err(IngestError::DecompressedTooLarge { limit: max_decompressed_bytes })
     } else {
         Ok(raw)
     }

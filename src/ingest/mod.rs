@@ -32,7 +32,7 @@ mod status;
 pub mod validate;
 
 pub use auth::{ApiKeys, ClientId};
-pub use body::BodyLimits;
+pub use body::{decode_body, BodyLimits};
 pub use cors::Cors;
 pub use error::IngestError;
 pub use server::{admin_router, router, serve};

@@ -1,12 +1,16 @@
 //! Strict JSON: one reading for every parser.
 //!
 //! The raw topic carries a body byte for byte, so whatever ingest accepts, every downstream
-//! parser must read the same way. Two things JSON parsers disagree on are refused here:
+//! parser must read the same way. Three things JSON parsers disagree on are refused here:
 //! - **duplicate keys** in one object (RFC 8259 only says they SHOULD be unique; simd-json keeps
 //!   the first of two in small objects and the last in large ones, other parsers one or the
 //!   other), so a reader could see a different value than the one validated;
 //! - **raw control characters** (U+0000–U+001F unescaped) inside strings, which RFC 8259 forbids
-//!   and some parsers accept anyway.
+//!   and some parsers accept anyway;
+//! - **the number `-0`** (no fraction, no exponent): simd-json and Python read the integer 0,
+//!   serde_json and JavaScript the float -0.0, so an `event_time` or integer `user_id` of `-0`
+//!   would be an integer to ingest and a float to some readers of the raw topic (found by the
+//!   `collect_request` fuzz target). `-0.0` and `-0e0` are floats to everyone and stay.
 //!
 //! [`check`] scans the raw bytes once and names the offending place with a JSON pointer. It never
 //! panics on malformed input (it may then report nothing; the parser reports the malformation).
@@ -32,10 +36,11 @@ enum Frame<'a> {
     },
 }
 
-/// Checks a JSON document for duplicate keys and raw control characters.
+/// Checks a JSON document for duplicate keys, raw control characters and the number `-0`.
 ///
 /// # Errors
-/// [`Invalid`] with code `duplicate_key` (422) or `control_character` (400) and the path.
+/// [`Invalid`] with code `duplicate_key` (422), `control_character` (400) or `negative_zero`
+/// (422) and the path.
 pub fn check(raw: &[u8]) -> Result<(), Invalid> {
     let mut stack: Vec<Frame<'_>> = Vec::new();
     let mut i = 0;
@@ -63,6 +68,17 @@ pub fn check(raw: &[u8]) -> Result<(), Invalid> {
                 }
                 i = end + 1;
                 continue;
+            }
+            // Outside strings a `-` only starts a number; `-0` then `.`, `e` or a digit is not
+            // this integer (or not JSON, which the parser reports).
+            b'-' if raw.get(i + 1) == Some(&b'0')
+                && !matches!(raw.get(i + 2), Some(b'.' | b'e' | b'E' | b'0'..=b'9')) =>
+            {
+                return Err(Invalid::schema(
+                    "negative_zero",
+                    path(&stack),
+                    "the number -0 is the integer 0 to some JSON readers and the float -0.0 to others; send 0",
+                ));
             }
             b'{' => stack.push(Frame::Object { keys: HashSet::new(), key: None, expect_key: true }),
             b'[' => stack.push(Frame::Array { index: 0 }),
@@ -182,6 +198,21 @@ mod tests {
         assert_eq!(code_and_path(r#"{"a":"\u0001\t\n"}"#), None);
         // Whitespace between tokens is not inside a string.
         assert_eq!(code_and_path("{\n\t\"a\" :\r\n 1 }"), None);
+    }
+
+    #[test]
+    fn negative_zero_is_refused_where_it_is_an_integer() {
+        // Found by the `collect_request` fuzz target: accepted as event_time 0, while serde_json
+        // reads the raw body's `-0` as the float -0.0.
+        assert_eq!(
+            code_and_path(r#"{"events":[{"event_time":-0}]}"#),
+            Some(("negative_zero", "/events/0/event_time".into()))
+        );
+        assert_eq!(code_and_path(r#"{"a":[1, -0 ]}"#), Some(("negative_zero", "/a/1".into())));
+        assert_eq!(code_and_path("-0"), Some(("negative_zero", String::new())));
+        for fine in [r#"{"a":-0.0,"b":-0e1,"c":-0E-1,"d":-1,"e":-10,"f":0,"g":"-0","h":"x\"-0"}"#, "-01"] {
+            assert_eq!(code_and_path(fine), None, "{fine}");
+        }
     }
 
     #[test]
