@@ -421,7 +421,13 @@ fn refused_too_often(e: &OutboxError, seqs: &[u64], refusals: &mut HashMap<u64, 
 
 /// One raw-topic message per readable record: the body as received, with its sequence number,
 /// receive time, node and client in headers. Returns the messages and their sequence numbers.
-fn raw_messages<'r>(records: &'r [ReadRecord], topic: &'r str, node: &'r NodeId) -> (Vec<OutMessage<'r>>, Vec<u64>) {
+/// Public only for the `flush` criterion bench.
+#[doc(hidden)]
+pub fn raw_messages<'r>(
+    records: &'r [ReadRecord],
+    topic: &'r str,
+    node: &'r NodeId,
+) -> (Vec<OutMessage<'r>>, Vec<u64>) {
     records
         .iter()
         .filter_map(|rec| {

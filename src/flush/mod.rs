@@ -23,6 +23,8 @@ mod flusher;
 pub mod position;
 mod status;
 
+#[doc(hidden)]
+pub use flusher::raw_messages;
 pub use flusher::{FlushOptions, Flusher};
 pub use status::{FlushSnapshot, FlushStatus};
 
