@@ -46,7 +46,11 @@ fn reframed(mut frame: Vec<u8>, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 }
 
 fn request_seeds() -> Vec<(&'static str, Vec<u8>)> {
-    let nested = format!(r#"{{"events":[{EVENT}],"ctx":{CTX},"deep":{}1{}}}"#, "[".repeat(100), "]".repeat(100));
+    // `levels` of objects and arrays, the body's own object included.
+    let nested = |levels: usize| {
+        let (open, close) = ("[".repeat(levels - 1), "]".repeat(levels - 1));
+        format!(r#"{{"events":[{EVENT}],"ctx":{CTX},"deep":{open}1{close}}}"#).into_bytes()
+    };
     let too_many = body(&vec!["{}"; 1001].join(","), CTX);
     let long_user = EVENT.replace(r#""u""#, &format!("{:?}", "u".repeat(4097)));
     let (a, b) = SAMPLE.split_at(60);
@@ -57,7 +61,8 @@ fn request_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("ok__sample.json", SAMPLE.to_vec()),
         ("ok__many_events.json", MANY_EVENTS.to_vec()),
         ("ok__unicode_escapes.json", UNICODE.to_vec()),
-        ("ok__deep_nesting_100.json", nested.into_bytes()),
+        ("ok__nesting_64_levels.json", nested(64)),
+        ("too_deep__nesting_200_levels.json", nested(200)),
         ("ok__sample.json.gz", gzip(SAMPLE)),
         ("ok__two_gzip_members.json.gz", [gzip(a), gzip(b)].concat()),
         ("decompressed_too_large__gzip_bomb.gz", gzip(&vec![b' '; 1_000_000])),
