@@ -248,6 +248,9 @@ async fn requests_that_would_stall_or_flood_downstream_are_refused_at_the_door()
         r#"{{"events":[{}],"ctx":{{"browser":{big_browser:?},"device":"d","version":"v"}}}}"#,
         vec![r#"{"event_type":"a","event_time":1,"user_id":"u"}"#; 1000].join(",")
     );
+    // Body, ctx, then arrays in `ctx.x`: the 63rd array would be the 65th level.
+    let deep_path = format!("/ctx/x{}", "/0".repeat(62));
+    let deep = sample_with(r#""u""#, &format!(r#","x":{}{}"#, "[".repeat(200), "]".repeat(200)));
     let cases: Vec<(Vec<u8>, u16, &str, &str)> = vec![
         // The issue's first scenario: one 600,000-character user_id, whose row no Kafka takes.
         (sample_with(&huge_user, ""), 422, "field_too_long", "/events/0/user_id"),
@@ -257,6 +260,7 @@ async fn requests_that_would_stall_or_flood_downstream_are_refused_at_the_door()
         (sample_with("\"a\u{1}b\"", ""), 400, "control_character", "/events/0/user_id"),
         // Found by the collect_request fuzz target: an integer to simd-json, a float to serde_json.
         (sample_with("-0", ""), 422, "negative_zero", "/events/0/user_id"),
+        (deep, 422, "too_deep", &deep_path),
         (sample_with(r#""u""#, &format!(r#","pad":{:?}"#, "p".repeat(20_000))), 422, "ctx_too_large", "/ctx"),
     ];
     for (body, status, code, path) in cases {

@@ -3,9 +3,9 @@
 //! - decoding never yields more than the limit, and fails only as `invalid_gzip` or
 //!   `decompressed_too_large`;
 //! - an accepted body is within the limits, strict (no duplicate key, no raw control
-//!   character, no `-0`), read alike by serde_json, and transforms into exactly its events' rows
-//!   ([`collector_fuzz::check_rows`]); sent gzipped (one member or two), it decodes back to
-//!   itself byte for byte;
+//!   character, no `-0`, not too deep), read alike by serde_json, and transforms into exactly
+//!   its events' rows ([`collector_fuzz::check_rows`]); sent gzipped (one member or two), it
+//!   decodes back to itself byte for byte;
 //! - a refusal has a code, a sentence, a JSON-pointer path and the right HTTP class; one the
 //!   schema made (not a limit, not strictness) is the transform's refusal too, word for word.
 
@@ -30,6 +30,7 @@ const INGEST_ONLY: &[&str] = &[
     "duplicate_key",
     "control_character",
     "negative_zero",
+    "too_deep",
 ];
 const MALFORMED: &[&str] = &["invalid_json", "invalid_utf8", "control_character"];
 

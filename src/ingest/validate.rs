@@ -37,8 +37,8 @@ impl EventLimits {
 ///
 /// # Errors
 /// [`Invalid`] naming the first problem: the schema's codes, `duplicate_key`,
-/// `control_character`, `negative_zero`, `too_many_events`, `ctx_too_large`, `field_too_long`,
-/// `rows_too_large`.
+/// `control_character`, `negative_zero`, `too_deep`, `too_many_events`, `ctx_too_large`,
+/// `field_too_long`, `rows_too_large`.
 pub fn validate(raw: &[u8], scratch: &mut [u8], limits: &EventLimits) -> Result<usize, Invalid> {
     // One scan: a raw control character is reported before the parser's generic
     // `invalid_json`; a duplicate key only once the body is known to be JSON.
@@ -189,5 +189,15 @@ mod tests {
         assert_eq!(check(&body(&[&user], CTX)), Err(("negative_zero", "/events/0/user_id".into())));
         let zero = EVENT.replace(r#""u""#, "0");
         assert_eq!(check(&body(&[&zero], CTX)), Ok(1));
+    }
+
+    #[test]
+    fn a_body_nested_deeper_than_serde_json_reads_is_refused() {
+        // Found with the `collect_request` fuzz target's row check: accepted, and unreadable to
+        // serde_json (recursion limit 128).
+        let deep =
+            |levels: usize| EVENT.replace('}', &format!(r#","x":{}1{}}}"#, "[".repeat(levels), "]".repeat(levels)));
+        assert_eq!(check(&body(&[&deep(200)], CTX)).unwrap_err().0, "too_deep");
+        assert_eq!(check(&body(&[&deep(strict::MAX_DEPTH - 3)], CTX)), Ok(1), "body, events, event, then x");
     }
 }

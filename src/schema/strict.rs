@@ -1,7 +1,7 @@
 //! Strict JSON: one reading for every parser.
 //!
 //! The raw topic carries a body byte for byte, so whatever ingest accepts, every downstream
-//! parser must read the same way. Three things JSON parsers disagree on are refused here:
+//! parser must read the same way. Four things JSON parsers disagree on are refused here:
 //! - **duplicate keys** in one object (RFC 8259 only says they SHOULD be unique; simd-json keeps
 //!   the first of two in small objects and the last in large ones, other parsers one or the
 //!   other), so a reader could see a different value than the one validated;
@@ -10,7 +10,11 @@
 //! - **the number `-0`** (no fraction, no exponent): simd-json and Python read the integer 0,
 //!   serde_json and JavaScript the float -0.0, so an `event_time` or integer `user_id` of `-0`
 //!   would be an integer to ingest and a float to some readers of the raw topic (found by the
-//!   `collect_request` fuzz target). `-0.0` and `-0e0` are floats to everyone and stay.
+//!   `collect_request` fuzz target). `-0.0` and `-0e0` are floats to everyone and stay;
+//! - **nesting deeper than [`MAX_DEPTH`]** objects and arrays: parsers stop at different depths
+//!   (serde_json at 128 by default, simd-json at 1024), so a body simd-json accepted, with
+//!   200 levels in an unknown field, was one serde_json cannot read at all (found with the
+//!   `collect_request` fuzz target's row check).
 //!
 //! [`check`] scans the raw bytes once and names the offending place with a JSON pointer. It never
 //! panics on malformed input (it may then report nothing; the parser reports the malformation).
@@ -36,11 +40,17 @@ enum Frame<'a> {
     },
 }
 
-/// Checks a JSON document for duplicate keys, raw control characters and the number `-0`.
+/// The most levels of objects and arrays a body may nest, its own object included. A
+/// `/collect` body needs 3; this leaves room for any sensible unknown field and stays well
+/// inside what common JSON parsers read (serde_json: 128).
+pub const MAX_DEPTH: usize = 64;
+
+/// Checks a JSON document for duplicate keys, raw control characters, the number `-0` and
+/// nesting deeper than [`MAX_DEPTH`].
 ///
 /// # Errors
-/// [`Invalid`] with code `duplicate_key` (422), `control_character` (400) or `negative_zero`
-/// (422) and the path.
+/// [`Invalid`] with code `duplicate_key` (422), `control_character` (400), `negative_zero`
+/// (422) or `too_deep` (422) and the path.
 pub fn check(raw: &[u8]) -> Result<(), Invalid> {
     let mut stack: Vec<Frame<'_>> = Vec::new();
     let mut i = 0;
@@ -78,6 +88,13 @@ pub fn check(raw: &[u8]) -> Result<(), Invalid> {
                     "negative_zero",
                     path(&stack),
                     "the number -0 is the integer 0 to some JSON readers and the float -0.0 to others; send 0",
+                ));
+            }
+            b'{' | b'[' if stack.len() == MAX_DEPTH => {
+                return Err(Invalid::schema(
+                    "too_deep",
+                    path(&stack),
+                    format!("objects and arrays nest deeper than {MAX_DEPTH} levels; some JSON readers stop earlier"),
                 ));
             }
             b'{' => stack.push(Frame::Object { keys: HashSet::new(), key: None, expect_key: true }),
@@ -213,6 +230,17 @@ mod tests {
         for fine in [r#"{"a":-0.0,"b":-0e1,"c":-0E-1,"d":-1,"e":-10,"f":0,"g":"-0","h":"x\"-0"}"#, "-01"] {
             assert_eq!(code_and_path(fine), None, "{fine}");
         }
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_refused_where_it_goes_too_deep() {
+        // Found with the `collect_request` fuzz target's row check: 200 levels in an unknown
+        // field were accepted (simd-json reads 1024), and serde_json refuses past 128.
+        let nest = |levels: usize| format!(r#"{{"deep":{}1{}}}"#, "[".repeat(levels - 1), "]".repeat(levels - 1));
+        assert_eq!(code_and_path(&nest(MAX_DEPTH)), None);
+        let path = format!("/deep{}", "/0".repeat(MAX_DEPTH - 1));
+        assert_eq!(code_and_path(&nest(MAX_DEPTH + 1)), Some(("too_deep", path)));
+        assert_eq!(code_and_path(&nest(200)).map(|(code, _)| code), Some("too_deep"));
     }
 
     #[test]
