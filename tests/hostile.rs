@@ -111,7 +111,13 @@ fn cases() -> Vec<Case> {
         case("invalid UTF-8", b"{\"events\":[\"\xff\xfe\"]}".to_vec(), 400, "invalid_utf8"),
         case("lone surrogate escape", request(&[&event_with(r#""product_id":"\ud800""#)]), 400, "invalid_json"),
         case("NaN literal", request(&[&event_with(r#""product_id":NaN"#)]), 400, "invalid_json"),
-        case("deep nesting", deep.into_bytes(), 400, "invalid_json"),
+        case("nesting simd-json cannot read", deep.into_bytes(), 400, "invalid_json"),
+        case(
+            "nesting serde_json cannot read",
+            request(&[&event_with(&format!(r#""x":{}1{}"#, "[".repeat(200), "]".repeat(200)))]),
+            422,
+            "too_deep",
+        ),
         case("raw control character", request(&[&event_with("\"product_id\":\"a\u{1}b\"")]), 400, "control_character"),
         case("raw newline in a string", request(&[&event_with("\"product_id\":\"a\nb\"")]), 400, "control_character"),
         // Shape of the request.
