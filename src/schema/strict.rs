@@ -20,16 +20,28 @@
 //! panics on malformed input (it may then report nothing; the parser reports the malformation).
 //! simd-json 0.19 itself refuses raw control characters; the check keeps that a property of the
 //! collector, with its own error code, whatever the parser does.
+//!
+//! It runs on every request, so the duplicate-key check allocates nothing per object: the keys
+//! of all open objects share one stack, and an object's keys are found by a linear scan of its
+//! part of it (real objects have a handful of keys, where that beats hashing). An object past
+//! [`LINEAR_KEYS`] keys moves them to a hash set, so a hostile object with many keys still costs
+//! linear time (profile: `loadtest/PROFILE.md`).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 
 use super::{Invalid, InvalidKind};
 
+/// Most keys an object's duplicate check scans linearly; one more and they move to a hash set.
+const LINEAR_KEYS: usize = 32;
+
 /// One open container while scanning. Keys borrow from the body unless they hold escapes.
 enum Frame<'a> {
     Object {
-        keys: HashSet<Cow<'a, str>>,
+        /// Where this object's keys start in the shared key stack (see [`Keys`]).
+        start: usize,
+        /// The object's keys once it has more than [`LINEAR_KEYS`] (then none are on the stack).
+        many: Option<HashSet<Cow<'a, str>>>,
         /// The key whose value is being read (for paths).
         key: Option<Cow<'a, str>>,
         /// The next string is a key.
@@ -53,6 +65,7 @@ pub const MAX_DEPTH: usize = 64;
 /// (422) or `too_deep` (422) and the path.
 pub fn check(raw: &[u8]) -> Result<(), Invalid> {
     let mut stack: Vec<Frame<'_>> = Vec::new();
+    let mut keys = Keys::default();
     let mut i = 0;
     while i < raw.len() {
         match raw[i] {
@@ -60,10 +73,10 @@ pub fn check(raw: &[u8]) -> Result<(), Invalid> {
                 // An unterminated string: not JSON, which the parser reports.
                 let Some((end, escaped)) = string_end(raw, i, &stack)? else { return Ok(()) };
                 let parent = stack.len().saturating_sub(1);
-                if let Some(Frame::Object { keys, key, expect_key }) = stack.last_mut() {
+                if let Some(Frame::Object { start, many, key, expect_key }) = stack.last_mut() {
                     if *expect_key {
                         let name = key_text(&raw[i..=end], escaped);
-                        if keys.contains(&name) {
+                        if !keys.insert(*start, many, name.clone()) {
                             let at = format!("{}/{}", path(&stack[..parent]), pointer_escape(&name));
                             return Err(Invalid::schema(
                                 "duplicate_key",
@@ -71,7 +84,6 @@ pub fn check(raw: &[u8]) -> Result<(), Invalid> {
                                 format!("the key {name:?} appears twice in one object; JSON readers disagree on which value counts"),
                             ));
                         }
-                        keys.insert(name.clone());
                         *key = Some(name);
                         *expect_key = false;
                     }
@@ -97,10 +109,12 @@ pub fn check(raw: &[u8]) -> Result<(), Invalid> {
                     format!("objects and arrays nest deeper than {MAX_DEPTH} levels; some JSON readers stop earlier"),
                 ));
             }
-            b'{' => stack.push(Frame::Object { keys: HashSet::new(), key: None, expect_key: true }),
+            b'{' => stack.push(Frame::Object { start: keys.open(), many: None, key: None, expect_key: true }),
             b'[' => stack.push(Frame::Array { index: 0 }),
             b'}' | b']' => {
-                stack.pop();
+                if let Some(Frame::Object { start, .. }) = stack.pop() {
+                    keys.close(start);
+                }
             }
             b',' => match stack.last_mut() {
                 Some(Frame::Object { expect_key, .. }) => *expect_key = true,
@@ -112,6 +126,46 @@ pub fn check(raw: &[u8]) -> Result<(), Invalid> {
         i += 1;
     }
     Ok(())
+}
+
+/// The keys of every open object, outermost first: an object's keys are pushed after those of
+/// the objects around it and popped when it closes, and while it is open no outer object gets a
+/// key. One allocation per document instead of a hash set per object.
+#[derive(Default)]
+struct Keys<'a> {
+    stack: Vec<Cow<'a, str>>,
+}
+
+impl<'a> Keys<'a> {
+    /// Where the keys of an object opening now start.
+    fn open(&self) -> usize {
+        self.stack.len()
+    }
+
+    /// Forgets the keys of the object whose keys start at `start`.
+    fn close(&mut self, start: usize) {
+        self.stack.truncate(start);
+    }
+
+    /// Adds `name` to the innermost open object (keys from `start`, or `many` once it has more
+    /// than [`LINEAR_KEYS`]); false if the object already has it.
+    fn insert(&mut self, start: usize, many: &mut Option<HashSet<Cow<'a, str>>>, name: Cow<'a, str>) -> bool {
+        if let Some(set) = many {
+            return set.insert(name);
+        }
+        let own = &self.stack[start..];
+        if own.contains(&name) {
+            return false;
+        }
+        if own.len() == LINEAR_KEYS {
+            let mut set: HashSet<_> = self.stack.drain(start..).collect();
+            set.insert(name);
+            *many = Some(set);
+        } else {
+            self.stack.push(name);
+        }
+        true
+    }
 }
 
 /// The index of the quote closing the string that opens at `start`, and whether it had escapes;
@@ -197,6 +251,24 @@ mod tests {
         assert_eq!(code_and_path(r#"{"ctx":{"a/b":1,"a/b":2}}"#), Some(("duplicate_key", "/ctx/a~1b".into())));
         // The same key spelled with an escape is the same key.
         assert_eq!(code_and_path(r#"{"a":1,"\u0061":2}"#), Some(("duplicate_key", "/a".into())));
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_past_the_linear_scan_and_after_nested_objects() {
+        // Objects with more keys than the linear scan takes, duplicates before and after the
+        // switch to a hash set, and keys of a closed inner object that must not count.
+        let keys = |n: usize| (0..n).map(|k| format!(r#""k{k}":{k}"#)).collect::<Vec<_>>().join(",");
+        for n in [LINEAR_KEYS - 1, LINEAR_KEYS, LINEAR_KEYS + 1, 3 * LINEAR_KEYS] {
+            assert_eq!(code_and_path(&format!("{{{}}}", keys(n))), None, "{n} keys");
+            for dup in [0, n / 2, n - 1] {
+                let body = format!(r#"{{"o":{{{},"k{dup}":1}}}}"#, keys(n));
+                assert_eq!(code_and_path(&body), Some(("duplicate_key", format!("/o/k{dup}"))), "{n} keys, k{dup}");
+            }
+        }
+        let nested = format!(r#"{{"a":{{{}}},"b":{{"a":1}},"k0":[{{"k0":1}}],"a":2}}"#, keys(2 * LINEAR_KEYS));
+        assert_eq!(code_and_path(&nested), Some(("duplicate_key", "/a".into())));
+        let fine = format!(r#"{{"a":{{{}}},"k1":{{"k1":{{"k1":1}}}},"k2":1}}"#, keys(2 * LINEAR_KEYS));
+        assert_eq!(code_and_path(&fine), None);
     }
 
     #[test]
