@@ -33,7 +33,7 @@ export COLLECTOR_WAL_DIR="${COLLECTOR_WAL_DIR:-$ROOT/.local/wal}"
 mkdir -p "$(dirname "$COLLECTOR_WAL_DIR")"
 echo "up.sh: collector on http://127.0.0.1:8000, status page and /metrics on http://127.0.0.1:8001 (brokers $COLLECTOR_BROKERS, WAL $COLLECTOR_WAL_DIR); Ctrl-C to stop" >&2
 # Not exec: the trap must run after the collector exits. Forward Ctrl-C/TERM to it.
-target/release/collector run "$@" &
+"${CARGO_TARGET_DIR:-target}/release/collector" run "$@" &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null || true' INT TERM
 wait $pid || true
