@@ -26,11 +26,11 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::wal::{LogStore, WalHealth};
 
@@ -55,6 +55,8 @@ pub struct DiskWatch {
     free: AtomicU64,
     /// The WAL's live bytes at that sample: what it appended since is subtracted.
     live_at_sample: AtomicU64,
+    /// Whether the last sample was under the headroom, to log each crossing once.
+    below: AtomicBool,
 }
 
 impl DiskWatch {
@@ -65,6 +67,7 @@ impl DiskWatch {
             min_free,
             free: AtomicU64::new(u64::MAX),
             live_at_sample: AtomicU64::new(0),
+            below: AtomicBool::new(false),
         }
     }
 
@@ -75,8 +78,24 @@ impl DiskWatch {
                 self.live_at_sample.store(live_bytes, Ordering::Release);
                 self.free.store(free, Ordering::Release);
                 crate::telemetry::wal_disk_free(free);
+                self.log_crossing(free);
             }
             Err(e) => warn!(dir = %self.dir.display(), error = %e, "Could not measure the WAL disk's free space."),
+        }
+    }
+
+    /// Says so when the free space falls under the headroom (an empty WAL on a small disk is
+    /// then "full" too, which would puzzle without it) and when it is back.
+    fn log_crossing(&self, free: u64) {
+        let below = free < self.min_free;
+        if self.below.swap(below, Ordering::AcqRel) == below {
+            return;
+        }
+        let (free_mib, min_mib) = (free >> 20, self.min_free >> 20);
+        if below {
+            warn!(dir = %self.dir.display(), free_mib, min_free_mib = min_mib, "The WAL's filesystem is down to its kept free space: /collect answers 503 wal_full until space is freed (or --wal-min-free-mib is lowered).");
+        } else {
+            info!(dir = %self.dir.display(), free_mib, min_free_mib = min_mib, "The WAL's filesystem has free space again above what is kept free.");
         }
     }
 
@@ -259,5 +278,17 @@ mod tests {
         assert!(disk.low(951, 0));
         assert!(disk.low(50, 901), "reserved bodies count too");
         assert!(!DiskWatch::new(Path::new("/"), 0).low(u64::MAX, u64::MAX), "0 turns the headroom off");
+    }
+
+    #[test]
+    fn a_sample_under_the_headroom_is_noticed_and_so_is_the_way_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskWatch::new(dir.path(), u64::MAX);
+        disk.sample(0);
+        assert!(disk.below.load(Ordering::Acquire), "no disk has u64::MAX bytes free");
+        assert!(disk.low(0, 0));
+        let roomy = DiskWatch::new(dir.path(), 1);
+        roomy.sample(0);
+        assert!(!roomy.below.load(Ordering::Acquire) && !roomy.low(0, 0));
     }
 }
