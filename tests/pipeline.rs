@@ -30,12 +30,19 @@ async fn read(brokers: &str, topic: &str, expected: usize, settle_ms: u64) -> Ve
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_seed_sample_arrives_as_the_documented_row() {
+/// `collector run` on fresh topics and a fresh WAL: the broker address, the topics, the WAL
+/// directory (kept alive by the caller) and the running collector.
+fn run_pipeline() -> (String, Topics, tempfile::TempDir, Collector) {
     let brokers = brokers();
     let topics = Topics::new(&brokers);
     let wal = tempfile::tempdir().unwrap();
     let c = Collector::start("run", wal.path(), 0, &topics.args("run"));
+    (brokers, topics, wal, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_sample_arrives_as_the_documented_row() {
+    let (brokers, topics, _wal, c) = run_pipeline();
 
     let resp = post(&client(), &c, SEED_SAMPLE).await;
     assert_eq!(resp.status(), 200);
@@ -62,10 +69,7 @@ async fn the_seed_sample_arrives_as_the_documented_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integer_user_ids_gzip_bodies_and_text_plain_beacons_arrive() {
-    let brokers = brokers();
-    let topics = Topics::new(&brokers);
-    let wal = tempfile::tempdir().unwrap();
-    let c = Collector::start("run", wal.path(), 0, &topics.args("run"));
+    let (brokers, topics, _wal, c) = run_pipeline();
     let client = client();
 
     let int_user = SEED_SAMPLE.replace(r#""user_test""#, "4242").replace("1750867000000", r#""1750867000123""#);
@@ -114,10 +118,7 @@ async fn rejected_requests_never_reach_kafka() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_raw_message_goes_to_the_dead_letter_topic_and_the_worker_goes_on() {
-    let brokers = brokers();
-    let topics = Topics::new(&brokers);
-    let wal = tempfile::tempdir().unwrap();
-    let c = Collector::start("run", wal.path(), 0, &topics.args("run"));
+    let (brokers, topics, _wal, c) = run_pipeline();
     let client = client();
     assert_eq!(post(&client, &c, event_body("first", "u1")).await.status(), 200);
     assert_eq!(read(&brokers, &topics.transformed, 1, 0).await.len(), 1);
@@ -279,10 +280,7 @@ async fn at_least_once_mode_delivers_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_at_the_size_limit_gets_through_kafka() {
-    let brokers = brokers();
-    let topics = Topics::new(&brokers);
-    let wal = tempfile::tempdir().unwrap();
-    let c = Collector::start("run", wal.path(), 0, &topics.args("run"));
+    let (brokers, topics, _wal, c) = run_pipeline();
     // Just under the default 900,000-byte limit: accepted, so it must fit a Kafka message.
     let pad = "x".repeat(890_000);
     // In an unknown event field: `ctx` has a limit of its own, since it is copied into rows.
@@ -354,10 +352,7 @@ async fn a_second_collector_with_an_active_node_id_refuses_to_run_and_the_first_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_message_whose_row_kafka_refuses_is_dead_lettered_and_rows_keep_flowing() {
-    let brokers = brokers();
-    let topics = Topics::new(&brokers);
-    let wal = tempfile::tempdir().unwrap();
-    let c = Collector::start("run", wal.path(), 0, &topics.args("run"));
+    let (brokers, topics, _wal, c) = run_pipeline();
     let client = client();
     assert_eq!(post(&client, &c, event_body("first", "u1")).await.status(), 200);
     assert_eq!(read(&brokers, &topics.transformed, 1, 0).await.len(), 1);
