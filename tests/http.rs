@@ -110,11 +110,6 @@ async fn wrong_methods_and_paths_get_json_405_and_404() {
     assert_eq!(json["error"]["code"], "not_found");
 }
 
-/// The JSON status of the collector, from its admin listener.
-async fn status_json(c: &Collector) -> serde_json::Value {
-    client().get(c.admin_url("/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap()
-}
-
 #[tokio::test]
 async fn the_status_page_and_metrics_are_served_on_the_admin_listener_only() {
     let (c, _wal) = start(&[]);
@@ -141,7 +136,7 @@ async fn the_status_page_and_metrics_are_served_on_the_admin_listener_only() {
     let html = client.get(c.admin_url("/")).send().await.unwrap();
     assert!(html.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(html.text().await.unwrap().contains("WAL pending records"));
-    let json = status_json(&c).await;
+    let json = c.status().await;
     assert_eq!(json["wal"]["next_seq"], 2);
     assert_eq!(json["wal"]["pending_records"], 1, "Kafka is unreachable, so the record waits in the WAL");
     let metrics = client.get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
@@ -222,7 +217,7 @@ async fn an_idempotency_key_is_stored_once_and_answered_again() {
     let (status, json) = post(&c, &[JSON, ("idempotency-key", "")], SEED_SAMPLE).await;
     assert_eq!((status, json["error"]["code"].as_str()), (400, Some("invalid_idempotency_key")));
 
-    let status = status_json(&c).await;
+    let status = c.status().await;
     assert_eq!(status["wal"]["next_seq"], 2, "the retried request was stored once");
     // The one stored key counts in the quota: 4 bytes of scope length (anonymous: no scope),
     // the key, 32 bytes of value and 64 for sled's cost per entry.
@@ -414,7 +409,7 @@ async fn with_api_keys_a_missing_or_wrong_key_is_refused_with_401_and_nothing_is
     }
     let (status, _, json) = send(&c, reqwest::Method::POST, "/collect?api_key=wrong", &[JSON], SEED_SAMPLE).await;
     assert_eq!((status, json["error"]["code"].as_str()), (401, Some("invalid_api_key")));
-    assert_eq!(status_json(&c).await["wal"]["next_seq"], 1, "no refused request reached the WAL");
+    assert_eq!(c.status().await["wal"]["next_seq"], 1, "no refused request reached the WAL");
 
     let metrics = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"collector_requests_rejected_total{code="missing_api_key"} 1"#), "{metrics}");
@@ -442,7 +437,7 @@ async fn two_clients_with_the_same_idempotency_key_never_see_each_others_request
     assert_eq!((status, json["error"]["code"].as_str()), (422, Some("idempotency_key_reused")));
     let (status, again) = post(&c, &as_client(KEY), SEED_SAMPLE).await;
     assert_eq!((status, &again["seq"], &again["duplicate"]), (200, &first["seq"], &serde_json::json!(true)));
-    assert_eq!(status_json(&c).await["wal"]["next_seq"], 3, "one record per client");
+    assert_eq!(c.status().await["wal"]["next_seq"], 3, "one record per client");
 }
 
 #[tokio::test]

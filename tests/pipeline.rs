@@ -175,8 +175,7 @@ async fn with_kafka_unreachable_ingest_keeps_accepting_and_delivers_after_restar
     for i in 0..50 {
         assert_eq!(post(&client, &c, event_body(&format!("e{i}"), "u")).await.status(), 200);
     }
-    let status: serde_json::Value =
-        client.get(c.admin_url("/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap();
+    let status = c.status().await;
     assert_eq!(status["wal"]["pending_records"], 50);
     assert_eq!(status["flush"]["kafka_ok"], false);
     assert!(c.terminate().success(), "a drain that cannot reach Kafka still exits cleanly");
