@@ -17,7 +17,7 @@ use crate::ingest::auth::{self, ApiKeys};
 use crate::ingest::{BodyLimits, Cors, EventLimits, ServerOptions};
 use crate::kafka::{Guarantee, KafkaSettings, KafkaStageError, ProducerOptions, TxnTimeouts};
 use crate::node::NodeId;
-use crate::transform::TransformOptions;
+use crate::transform::{BatchLimit, TransformOptions};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -215,9 +215,16 @@ pub struct TransformArgs {
     /// long. The broker accepts 6000 to 1800000 by default.
     #[arg(long, env = "COLLECTOR_TRANSFORM_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub transform_session_timeout_ms: u64,
-    /// Most raw messages per transform batch.
-    #[arg(long, env = "COLLECTOR_TRANSFORM_BATCH", default_value_t = 2000)]
+    /// Most raw messages per transform batch (one transaction). Each batch pays a fixed
+    /// price (the transaction's commit round trips), so small batches cap the transform's
+    /// rate: at 2,000 it fell behind 1-event requests arriving at about 25,000 per second
+    /// (loadtest/PROFILE.md).
+    #[arg(long, env = "COLLECTOR_TRANSFORM_BATCH", default_value_t = 10_000)]
     pub transform_batch: usize,
+    /// About this many MiB of raw messages per transform batch at most, whichever of this and
+    /// --transform-batch comes first: bounds a transaction of large requests.
+    #[arg(long, env = "COLLECTOR_TRANSFORM_BATCH_MIB", default_value_t = 8)]
+    pub transform_batch_mib: u64,
     /// How long a transform batch waits to fill.
     #[arg(long, env = "COLLECTOR_TRANSFORM_WAIT_MS", default_value_t = 100)]
     pub transform_wait_ms: u64,
@@ -408,7 +415,10 @@ impl TransformArgs {
                 "--transform-session-timeout-ms",
                 self.transform_session_timeout_ms,
             )?),
-            batch_messages: positive("--transform-batch", self.transform_batch as u64)? as usize,
+            batch: BatchLimit {
+                messages: positive("--transform-batch", self.transform_batch as u64)? as usize,
+                bytes: (positive("--transform-batch-mib", self.transform_batch_mib)? * MIB) as usize,
+            },
             batch_wait: Duration::from_millis(positive("--transform-wait-ms", self.transform_wait_ms)?),
             producer: ProducerOptions {
                 linger_ms: self.transform_linger_ms,

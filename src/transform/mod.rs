@@ -23,6 +23,7 @@ pub mod source;
 mod worker;
 
 pub use row::{Row, Transformer};
+pub use source::BatchLimit;
 pub use worker::{spawn, TransformOptions};
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ pub trait Source {
     /// # Errors
     /// The source can never deliver again (the consumer failed fatally, e.g. fenced by another
     /// worker with the same instance id): the stage must stop.
-    fn poll_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<OwnedMessage>, KafkaStageError>;
+    fn poll_batch(&mut self, limit: BatchLimit, wait: Duration) -> Result<Vec<OwnedMessage>, KafkaStageError>;
     /// The offsets after `batch`, with the group's metadata: what a transaction commits.
     fn offsets(&self, batch: &[OwnedMessage]) -> Offsets;
     /// Seeks back to the start of `batch`, so the next poll reads it again.
@@ -53,6 +53,18 @@ pub trait Source {
     fn rewind_to_committed(&mut self, batch: &[OwnedMessage]);
     /// Commits the offsets after `batch` (at-least-once, after Kafka confirmed its rows).
     fn commit(&mut self, batch: &[OwnedMessage]);
+}
+
+/// How much one batch may hold: it ends at whichever limit is reached first (or when the
+/// wait is over). The byte limit keeps a batch of large requests (many events each) from
+/// growing one transaction, and the rows it produces, without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimit {
+    /// Most raw messages.
+    pub messages: usize,
+    /// About this many bytes of raw payloads and keys at most (the message that crosses it
+    /// is the batch's last).
+    pub bytes: usize,
 }
 
 /// Notices rebalances, so a batch that straddles one is dropped.
@@ -156,19 +168,23 @@ fn join(config: &ClientConfig, topic: &str) -> Result<BaseConsumer<RebalanceWatc
 }
 
 impl Source for KafkaSource {
-    fn poll_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<OwnedMessage>, KafkaStageError> {
+    fn poll_batch(&mut self, limit: BatchLimit, wait: Duration) -> Result<Vec<OwnedMessage>, KafkaStageError> {
         let mut batch = Vec::new();
+        let mut bytes = 0;
         let watch = self.consumer.context();
         watch.happened.store(false, Ordering::Release);
         let deadline = Instant::now() + wait;
-        while batch.len() < max {
+        while batch.len() < limit.messages && bytes < limit.bytes {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
             match self.consumer.poll(left) {
                 None => break,
-                Some(Ok(m)) => batch.push(BorrowedMessage::detach(&m)),
+                Some(Ok(m)) => {
+                    bytes += m.payload_len() + m.key().map_or(0, <[u8]>::len);
+                    batch.push(BorrowedMessage::detach(&m));
+                }
                 // This consumer is unusable for good; what it read is read again from the
                 // committed offsets by the next one.
                 Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {

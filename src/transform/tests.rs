@@ -9,7 +9,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage, Timestamp};
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::source::{next_offsets, Source};
+use super::source::{next_offsets, BatchLimit, Source};
 use super::worker::Worker;
 use super::*;
 use crate::kafka::outbox::fake::{FakeOutbox, Step};
@@ -36,7 +36,7 @@ struct FakeSource {
 }
 
 impl Source for FakeSource {
-    fn poll_batch(&mut self, _max: usize, _wait: Duration) -> Result<Vec<OwnedMessage>, KafkaStageError> {
+    fn poll_batch(&mut self, _limit: BatchLimit, _wait: Duration) -> Result<Vec<OwnedMessage>, KafkaStageError> {
         Ok(self.batches.pop_front().unwrap_or_else(|| {
             self.stop.stop_now();
             Vec::new()
@@ -77,7 +77,7 @@ fn run(batches: Vec<Vec<OwnedMessage>>, outbox: &mut FakeOutbox) -> (Result<(), 
     let options = TransformOptions {
         group_id: "g".into(),
         session_timeout: Duration::from_secs(10),
-        batch_messages: 100,
+        batch: BatchLimit { messages: 100, bytes: 1 << 20 },
         batch_wait: Duration::from_millis(10),
         producer: ProducerOptions {
             linger_ms: 0,

@@ -1,6 +1,6 @@
 //! The transform worker: a consumer-group member that turns raw messages into rows.
 //!
-//! One batch at a time: poll up to `batch_messages` raw messages ([`Source`]), transform them,
+//! One batch at a time: poll up to `batch` raw messages ([`Source`]), transform them,
 //! and put rows, dead letters and the consumer offsets after the batch through the outbox:
 //! - exactly-once: one transaction (`send_offsets_to_transaction` with the consumer's group
 //!   metadata, so a worker that lost its partitions in a rebalance is fenced); if it fails, the
@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use super::outs::{self, Out, Poisoned};
 use super::row::Transformer;
-use super::source::{KafkaSource, Source};
+use super::source::{BatchLimit, KafkaSource, Source};
 use crate::kafka::outbox::{self, Outcome};
 use crate::kafka::{self, Delivered, KafkaSettings, KafkaStageError, Outbox, OutboxError, ProducerOptions};
 use crate::node::NodeId;
@@ -33,8 +33,8 @@ pub struct TransformOptions {
     /// Consumer `session.timeout.ms`: how long the partitions of a worker that died (and was
     /// not restarted) wait before the group hands them to another.
     pub session_timeout: Duration,
-    /// Most raw messages per batch (and per transaction).
-    pub batch_messages: usize,
+    /// Most raw messages, and bytes of them, per batch (and per transaction).
+    pub batch: BatchLimit,
     /// How long to wait for a batch to fill.
     pub batch_wait: Duration,
     /// The row producer.
@@ -111,7 +111,7 @@ impl Worker<'_> {
         let mut transformer = Transformer::default();
         let mut poisoned = Poisoned::default();
         while !self.stop.requested() {
-            let batch = self.source.poll_batch(self.options.batch_messages, self.options.batch_wait)?;
+            let batch = self.source.poll_batch(self.options.batch, self.options.batch_wait)?;
             if batch.is_empty() {
                 continue;
             }
