@@ -105,23 +105,25 @@ async fn collect(
     // Checked before the body is read: a request without a valid key costs no read. The
     // caller's `ClientId` (`None` while /collect is open) scopes its Idempotency-Keys.
     Client(client): Client,
-    headers: HeaderMap,
-    body: Body,
+    // The whole request rather than axum's `HeaderMap` extractor, which clones every header.
+    request: Request<Body>,
 ) -> Result<Json<Receipt>, IngestError> {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     // Backpressure before anything is read: a bounded number of requests in flight (each holds
     // at most one body), and the WAL quota.
     let _in_flight = state.in_flight.clone().try_acquire_owned().map_err(|_| IngestError::Overloaded)?;
     if let Some(unready) = state.unready() {
         return Err(unready.into());
     }
-    let raw = body::read(&headers, body, state.options.body).await?;
+    let raw = body::read(headers, body, state.options.body).await?;
     // The quota again, counting the bodies ahead of this one that are still being appended;
     // this body is counted too until its append is done.
     let _reservation = state.reserve(raw.len())?;
     let peer = peer.to_string();
     let (events, frame) =
         frame_request(&raw, &state.options.limits, crate::now_ms(), &peer).map_err(IngestError::Invalid)?;
-    let key = idempotency_key(&headers, client_scope(client.as_ref()), &raw)?;
+    let key = idempotency_key(headers, client_scope(client.as_ref()), &raw)?;
     match state.writer.append(frame, key).await.map_err(IngestError::Wal)? {
         Appended::Stored(seq) => {
             crate::telemetry::request_accepted(events);
