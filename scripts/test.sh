@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Runs every test: unit, property, HTTP, and the integration tests against a real Kafka.
+# Runs every test: unit, property, HTTP, and the integration tests against a real Kafka; then
+# the throughput gate (loadtest/gate.sh: release builds, the collector's req/s as a ratio to a
+# do-nothing floor measured in the same run, failing only far below today's ratios).
 # Starts the local single-node Kafka if none answers on KAFKA_PORT (default 9092) and stops it
 # afterwards if this script started it.
 #
 #   scripts/test.sh [extra cargo test arguments]
+#
+# The gate runs when no extra arguments are given (a filtered run is a quick local check);
+# GATE=1 runs it anyway, GATE=0 skips it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -29,3 +34,7 @@ trap cleanup EXIT
 export COLLECTOR_TEST_BROKERS="127.0.0.1:$PORT"
 # --all-targets: also runs each criterion bench once, in test mode, to prove it works.
 cargo test --all-targets "$@"
+
+if [[ "${GATE:-$(($# == 0))}" == 1 ]]; then
+  loadtest/gate.sh
+fi

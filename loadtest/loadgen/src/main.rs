@@ -10,12 +10,18 @@
 //!   can reach; every collector figure is read as a ratio to it, measured in the same run.
 //! - `verify` ([`verify`]): reads the transformed topic through `kcat` (`read_committed`) and
 //!   checks that each acknowledged event is there exactly once.
-//! - `table` ([`table`]): the scenario runner's table, from run summaries and their floors.
+//! - `disk` ([`disk`]): the disk's append + `fdatasync` latency, S3's yardstick.
+//! - `watch` and `soak` ([`soak`]): the collector's RSS and WAL backlog sampled each second
+//!   during a long run, and the verdict on them (S4).
+//! - `table` ([`table`]): the scenario runner's table, from the measurements and their floors,
+//!   with each row's target and whether it was met.
 
 mod body;
+mod disk;
 mod floor;
 mod report;
 mod run;
+mod soak;
 mod table;
 mod verify;
 
@@ -36,7 +42,13 @@ enum Command {
     Floor(floor::FloorArgs),
     /// Check that every acknowledged event of a run is in the transformed topic exactly once.
     Verify(verify::VerifyArgs),
-    /// Print the scenario table (markdown) from run summaries and their floors.
+    /// Measure the disk: append + fdatasync latency of fixed-size blocks in a directory.
+    Disk(disk::DiskArgs),
+    /// Sample a collector's RSS and WAL backlog once a second (for `soak`).
+    Watch(soak::WatchArgs),
+    /// Judge a soak: RSS flat and under its limit, backlog bounded, no errors.
+    Soak(soak::SoakArgs),
+    /// Print the scenario table (markdown) from the measurements and their floors.
     Table(table::TableArgs),
 }
 
@@ -46,6 +58,9 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run::main(args),
         Command::Floor(args) => floor::main(args),
         Command::Verify(args) => verify::main(args),
+        Command::Disk(args) => disk::main(args),
+        Command::Watch(args) => soak::watch(args),
+        Command::Soak(args) => soak::soak(args),
         Command::Table(args) => table::main(args),
     }
 }

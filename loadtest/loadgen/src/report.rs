@@ -185,12 +185,12 @@ pub fn html(s: &Summary) -> String {
     )
 }
 
-fn esc(s: &str) -> String {
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// A line chart with axes from 0 to the data's maximum, five ticks each.
-fn svg_line(points: &[(f64, f64)], x_label: &str, y_label: &str) -> String {
+pub fn svg_line(points: &[(f64, f64)], x_label: &str, y_label: &str) -> String {
     const W: f64 = 720.0;
     const H: f64 = 260.0;
     const LEFT: f64 = 70.0;
