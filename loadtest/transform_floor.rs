@@ -14,7 +14,7 @@
 //!   message; it also creates the output topics (as many partitions as RAW), so neither
 //!   contender pays for topic creation.
 //! - `copy` is the floor: a consumer-group member (`read_committed`, static membership, no
-//!   auto-commit, from the earliest offset), batches of up to 2,000 messages or 100 ms, each
+//!   auto-commit, from the earliest offset), batches of up to 10,000 messages, 8 MiB or 100 ms, each
 //!   batch one transaction of a transactional, idempotent producer (`acks=all`, lz4,
 //!   `linger.ms=20`, `transaction.timeout.ms` = `message.timeout.ms` = 60 s) holding the copies
 //!   and the consumer offsets (`send_offsets_to_transaction` with the group's metadata): what
@@ -42,7 +42,8 @@ use serde_json::json;
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// The transform worker's defaults (`collector transform --help`).
-const BATCH_MESSAGES: usize = 2000;
+const BATCH_MESSAGES: usize = 10_000;
+const BATCH_BYTES: usize = 8 << 20;
 const BATCH_WAIT: Duration = Duration::from_millis(100);
 const LINGER_MS: &str = "20";
 const TRANSACTION_MS: &str = "60000";
@@ -212,18 +213,23 @@ fn copy(brokers: &str, from: &str, to: &str, group: &str, node: &str) -> Result<
     }
 }
 
-/// Up to [`BATCH_MESSAGES`] messages within [`BATCH_WAIT`], as the worker's source polls.
+/// Up to [`BATCH_MESSAGES`] messages or [`BATCH_BYTES`] within [`BATCH_WAIT`], as the worker's
+/// source polls.
 fn poll_batch(consumer: &BaseConsumer) -> Result<Vec<OwnedMessage>> {
     let mut batch = Vec::new();
+    let mut bytes = 0;
     let deadline = Instant::now() + BATCH_WAIT;
-    while batch.len() < BATCH_MESSAGES {
+    while batch.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
         match consumer.poll(left) {
             None => break,
-            Some(Ok(m)) => batch.push(BorrowedMessage::detach(&m)),
+            Some(Ok(m)) => {
+                bytes += m.payload_len() + m.key().map_or(0, <[u8]>::len);
+                batch.push(BorrowedMessage::detach(&m));
+            }
             Some(Err(e)) => return Err(e.into()),
         }
     }
