@@ -236,7 +236,11 @@ R="$REPORT_DIR"
   --note "S3 and S4 run open loop (latency from each request's due time) at $S3_RATE and $S4_RATE req/s, shares of S1 pipeline's $PIPE_RPS req/s in this run. The transform rows count $TRANSFORM_MESSAGES raw messages of 1 event each, from the contender's start until the raw topic's last offset is committed: its × floor is to the plain copy." \
   --note "Only ratios within one run count: the machine is shared, absolute figures drift between runs." \
   --note "Reports: $R (HTML per run: throughput over time and latency distribution; s4-verdict.html: RSS and backlog over the soak)."
-say "reports in $R"
+"$LOADGEN_BIN" plot --throughput "$R/s1-throughput.svg" --latency "$R/s1-latency.svg" \
+  --run "floor=$R/s1-floor.json" --run "WAL only=$R/s1-wal.json" --run "pipeline=$R/s1-pipeline.json"
+"$LOADGEN_BIN" plot --throughput "$R/s2-throughput.svg" --latency "$R/s2-latency.svg" \
+  --run "floor, 50 events=$R/s2-floor.json" --run "pipeline, 50 events=$R/s2-batch.json"
+say "reports in $R (the README's figures: s1-throughput.svg, s1-latency.svg, s2-*.svg)"
 for rc in $verify_rc $soak_rc $transform_rc; do
   if [[ $rc != 0 ]]; then exit "$rc"; fi
 done

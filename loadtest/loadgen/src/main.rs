@@ -15,10 +15,12 @@
 //!   during a long run, and the verdict on them (S4).
 //! - `table` ([`table`]): the scenario runner's table, from the measurements and their floors,
 //!   with each row's target and whether it was met.
+//! - `plot` ([`plot`]): several runs on shared SVG charts, the README's figures.
 
 mod body;
 mod disk;
 mod floor;
+mod plot;
 mod report;
 mod run;
 mod soak;
@@ -50,6 +52,8 @@ enum Command {
     Soak(soak::SoakArgs),
     /// Print the scenario table (markdown) from the measurements and their floors.
     Table(table::TableArgs),
+    /// Draw several runs on shared charts (SVG files): throughput over time, latency distribution.
+    Plot(plot::PlotArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,5 +66,6 @@ fn main() -> anyhow::Result<()> {
         Command::Watch(args) => soak::watch(args),
         Command::Soak(args) => soak::soak(args),
         Command::Table(args) => table::main(args),
+        Command::Plot(args) => plot::main(args),
     }
 }

@@ -124,13 +124,17 @@ impl Summary {
     }
 }
 
+/// A latency spectrum `(percentile, ms)` on the "nines" scale: x = 1 at 90 %, 2 at 99 %, …
+pub fn nines(spectrum: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    spectrum.iter().map(|&(p, ms)| (-(1.0 - p / 100.0).max(1e-9).log10(), ms)).collect()
+}
+
 /// The HTML report of one run.
 pub fn html(s: &Summary) -> String {
     let l = &s.latency_ms;
     let throughput: Vec<(f64, f64)> = s.series.iter().map(|x| (x.t as f64, x.acked as f64)).collect();
     let p99: Vec<(f64, f64)> = s.series.iter().map(|x| (x.t as f64, x.p99_ms)).collect();
-    let nines: Vec<(f64, f64)> =
-        s.latency_spectrum.iter().map(|&(p, ms)| (-(1.0 - p / 100.0).max(1e-9).log10(), ms)).collect();
+    let nines = nines(&s.latency_spectrum);
     let mut errors = String::new();
     for (k, v) in &s.errors {
         let _ = write!(errors, "<tr><td>error {}</td><td>{v}</td></tr>", esc(k));
@@ -191,23 +195,33 @@ pub fn esc(s: &str) -> String {
 
 /// A line chart with axes from 0 to the data's maximum, five ticks each.
 pub fn svg_line(points: &[(f64, f64)], x_label: &str, y_label: &str) -> String {
+    svg_lines(&[("", points.to_vec())], x_label, y_label)
+}
+
+/// Line colours of [`svg_lines`], in series order (then repeated).
+const COLOURS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+
+/// A chart of several labelled lines on shared axes (0 to the largest value of any series, five
+/// ticks each), with a legend when the series have labels.
+pub fn svg_lines(series: &[(&str, Vec<(f64, f64)>)], x_label: &str, y_label: &str) -> String {
     const W: f64 = 720.0;
     const H: f64 = 260.0;
     const LEFT: f64 = 70.0;
     const BOTTOM: f64 = 40.0;
     const TOP: f64 = 10.0;
     const RIGHT: f64 = 20.0;
-    if points.is_empty() {
+    let all = || series.iter().flat_map(|(_, points)| points.iter());
+    if all().next().is_none() {
         return "<p>(no data)</p>".into();
     }
-    let x_max = points.iter().map(|p| p.0).fold(f64::MIN, f64::max).max(1e-9);
-    let y_max = points.iter().map(|p| p.1).fold(f64::MIN, f64::max).max(1e-9) * 1.05;
+    let x_max = all().map(|p| p.0).fold(f64::MIN, f64::max).max(1e-9);
+    let y_max = all().map(|p| p.1).fold(f64::MIN, f64::max).max(1e-9) * 1.05;
     let px = |x: f64| LEFT + x / x_max * (W - LEFT - RIGHT);
     let py = |y: f64| H - BOTTOM - y / y_max * (H - BOTTOM - TOP);
     let mut svg = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-size="11">"#);
     let _ = write!(
         svg,
-        r##"<line x1="{LEFT}" y1="{b}" x2="{r}" y2="{b}" stroke="#333"/><line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{b}" stroke="#333"/>"##,
+        r##"<rect width="{W}" height="{H}" fill="#fafafa"/><line x1="{LEFT}" y1="{b}" x2="{r}" y2="{b}" stroke="#333"/><line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{b}" stroke="#333"/>"##,
         b = H - BOTTOM,
         r = W - RIGHT
     );
@@ -227,11 +241,29 @@ pub fn svg_line(points: &[(f64, f64)], x_label: &str, y_label: &str) -> String {
             py(y)
         );
     }
-    let line: Vec<String> = points.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+    for (i, (label, points)) in series.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let line: Vec<String> = points.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+        let _ =
+            write!(svg, r##"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"##, line.join(" "));
+        if !label.is_empty() {
+            let y = TOP + 14.0 * (i as f64 + 1.0);
+            let _ = write!(
+                svg,
+                r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{colour}" stroke-width="2"/><text x="{}" y="{}">{}</text>"##,
+                W - RIGHT - 250.0,
+                y - 4.0,
+                W - RIGHT - 230.0,
+                y - 4.0,
+                W - RIGHT - 225.0,
+                y,
+                esc(label)
+            );
+        }
+    }
     let _ = write!(
         svg,
-        r##"<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{}"/><text x="{}" y="{}" text-anchor="middle">{}</text><text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">{}</text></svg>"##,
-        line.join(" "),
+        r##"<text x="{}" y="{}" text-anchor="middle">{}</text><text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">{}</text></svg>"##,
         (LEFT + W - RIGHT) / 2.0,
         H - 5.0,
         esc(x_label),
