@@ -56,18 +56,10 @@ COLLECTOR_PORT="${COLLECTOR_PORT:-18591}"
 ADMIN_PORT="${ADMIN_PORT:-18592}"
 STAMP="$(date +%Y%m%d-%H%M%S)"
 REPORT_DIR="${REPORT_DIR:-$ROOT/loadtest/reports/$STAMP}"
-TARGET="${CARGO_TARGET_DIR:-}"
-COLLECTOR_BIN="${TARGET:-$ROOT/target}/release/collector"
-LOADGEN_BIN="${TARGET:-$ROOT/loadtest/loadgen/target}/release/loadgen"
-EXAMPLES="${TARGET:-$ROOT/target}/release/examples"
-
-say() { echo "bench.sh: $*" >&2; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-WORK="$(mktemp -d)"
+SCRIPT=bench.sh WORK="$(mktemp -d)" LOG_DIR="$REPORT_DIR"
+# shellcheck source=loadtest/http_common.sh
+source "$ROOT/loadtest/http_common.sh"
 mkdir -p "$REPORT_DIR"
-floor_pid=""
-collector_pid=""
 # Other background processes of a scenario (the soak's load, a transform contender).
 helper_pid=""
 started_kafka=0
@@ -100,44 +92,13 @@ load() {
     --json "$REPORT_DIR/$name.json" --html "$REPORT_DIR/$name.html" "$@"
 }
 
-# Starts a collector (`$1` = serve|run, `$2` = scenario id, rest = extra flags) and waits until
-# it is ready.
-start_collector() {
-  local mode=$1 id=$2
-  shift 2
-  local group=()
-  if [[ $mode == run ]]; then group=(--group-id "$id"); fi
-  "$COLLECTOR_BIN" "$mode" --listen "127.0.0.1:$COLLECTOR_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-    --wal-dir "$WORK/wal-$id" --node-id "$id" "${group[@]}" \
-    --raw-topic "$id-raw" --transformed-topic "$id-rows" --dead-letter-topic "$id-dlq" \
-    --log warn "$@" 2>>"$REPORT_DIR/collector-$id.log" &
-  collector_pid=$!
-  local waited=0
-  until curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null; do
-    if ! kill -0 "$collector_pid" 2>/dev/null; then say "the collector exited; see $REPORT_DIR/collector-$id.log"; exit 1; fi
-    if ((waited >= 600)); then say "the collector was not ready within 60 s"; exit 1; fi
-    sleep 0.1
-    waited=$((waited + 1))
-  done
-}
-
 # Pending WAL records of the running collector, from its JSON status page.
 pending() { curl -s -H 'Accept: application/json' "http://127.0.0.1:$ADMIN_PORT/" | jq -r '.wal.pending_records // empty'; }
 
 # A field of a JSON file.
 field() { jq -r "$2" "$1"; }
 
-stop_collector() {
-  kill -TERM "$collector_pid" 2>/dev/null || true
-  for _ in $(seq 1 300); do kill -0 "$collector_pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$collector_pid" 2>/dev/null || true
-  wait "$collector_pid" 2>/dev/null || true
-  collector_pid=""
-}
-
-"$LOADGEN_BIN" floor --listen "127.0.0.1:$FLOOR_PORT" 2>>"$REPORT_DIR/floor.log" &
-floor_pid=$!
-until curl -sf "http://127.0.0.1:$FLOOR_PORT/healthz" >/dev/null; do sleep 0.1; done
+start_floor "$FLOOR_PORT"
 FLOOR="http://127.0.0.1:$FLOOR_PORT/collect"
 COLLECT="http://127.0.0.1:$COLLECTOR_PORT/collect"
 ID="bench-$STAMP"
@@ -161,9 +122,7 @@ start_collector run "$ID-s2-batch" --brokers "$BROKERS"
 load s2-batch "$COLLECT" --events 50
 stop_collector
 
-kill -TERM "$floor_pid" 2>/dev/null || true
-wait "$floor_pid" 2>/dev/null || true
-floor_pid=""
+stop_floor
 
 # S3 and S4 run at shares of S1 pipeline's rate in this run.
 PIPE_RPS="$(field "$REPORT_DIR/s1-pipeline.json" '.req_per_s | round')"

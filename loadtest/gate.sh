@@ -39,16 +39,10 @@ MIN_PIPELINE="${GATE_MIN_PIPELINE:-0.12}"
 BROKERS="${COLLECTOR_TEST_BROKERS:-}"
 PORT="${GATE_PORT:-18790}"
 FLOOR_PORT=$PORT COLLECTOR_PORT=$((PORT + 1)) ADMIN_PORT=$((PORT + 2))
-TARGET="${CARGO_TARGET_DIR:-}"
-COLLECTOR_BIN="${TARGET:-$ROOT/target}/release/collector"
-LOADGEN_BIN="${TARGET:-$ROOT/loadtest/loadgen/target}/release/loadgen"
-
-say() { echo "gate.sh: $*" >&2; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-WORK="$(mktemp -d)"
-floor_pid=""
-collector_pid=""
+SCRIPT=gate.sh WORK="$(mktemp -d)"
+LOG_DIR="$WORK"
+# shellcheck source=loadtest/http_common.sh
+source "$ROOT/loadtest/http_common.sh"
 cleanup() {
   for p in $collector_pid $floor_pid; do kill -9 "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
@@ -65,37 +59,7 @@ cargo build --release --bin collector >&2
 cargo build --release --manifest-path loadtest/loadgen/Cargo.toml >&2
 built=$(date +%s)
 
-"$LOADGEN_BIN" floor --listen "127.0.0.1:$FLOOR_PORT" 2>>"$WORK/floor.log" &
-floor_pid=$!
-until curl -sf "http://127.0.0.1:$FLOOR_PORT/healthz" >/dev/null; do sleep 0.1; done
-
-# Starts a collector (`$1` = serve|run, `$2` = id, rest = extra flags), waits until it is ready.
-start_collector() {
-  local mode=$1 id=$2
-  shift 2
-  "$COLLECTOR_BIN" "$mode" --listen "127.0.0.1:$COLLECTOR_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-    --wal-dir "$WORK/wal-$id" --node-id "$id" --raw-topic "$id-raw" --transformed-topic "$id-rows" \
-    --dead-letter-topic "$id-dlq" --log warn "$@" 2>>"$WORK/collector-$id.log" &
-  collector_pid=$!
-  local waited=0
-  until curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null; do
-    if ! kill -0 "$collector_pid" 2>/dev/null || ((waited >= 600)); then
-      say "the collector did not come up; its log:"
-      cat "$WORK/collector-$id.log" >&2
-      exit 1
-    fi
-    sleep 0.1
-    waited=$((waited + 1))
-  done
-}
-
-stop_collector() {
-  kill -TERM "$collector_pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do kill -0 "$collector_pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$collector_pid" 2>/dev/null || true
-  wait "$collector_pid" 2>/dev/null || true
-  collector_pid=""
-}
+start_floor "$FLOOR_PORT"
 
 # req/s of one measurement; $1 = name, $2 = port, rest = extra flags.
 measure() {
@@ -116,7 +80,7 @@ for round in $(seq 1 "$ROUNDS"); do
   line="round $round: floor $floor req/s, WAL only $wal ($(awk -v a="$wal" -v b="$floor" 'BEGIN {printf "%.2f", a / b}') × floor)"
   best_wal=$(awk -v a="$wal" -v b="$floor" -v best="$best_wal" 'BEGIN {r = a / b; print (r > best ? r : best)}')
   if [[ -n "$BROKERS" ]]; then
-    start_collector run "$STAMP-pipe-$round" --brokers "$BROKERS" --group-id "$STAMP-pipe-$round"
+    start_collector run "$STAMP-pipe-$round" --brokers "$BROKERS"
     pipe=$(measure "pipe-$round" "$COLLECTOR_PORT" --acked "$WORK/pipe-$round.acked")
     line+=", pipeline $pipe ($(awk -v a="$pipe" -v b="$floor" 'BEGIN {printf "%.2f", a / b}') × floor)"
     best_pipe=$(awk -v a="$pipe" -v b="$floor" -v best="$best_pipe" 'BEGIN {r = a / b; print (r > best ? r : best)}')
@@ -133,9 +97,7 @@ for round in $(seq 1 "$ROUNDS"); do
   say "$line"
 done
 
-kill -TERM "$floor_pid" 2>/dev/null || true
-wait "$floor_pid" 2>/dev/null || true
-floor_pid=""
+stop_floor
 
 fail=0
 # $1 = what, $2 = best ratio, $3 = threshold.
