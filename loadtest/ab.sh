@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Interleaved A/B of collector builds, WAL only, against the floor: the method behind
+# loadtest/PROFILE.md's before/after tables. Per round: the floor, then each build in turn
+# (order reversed every other round), each on a fresh WAL with the broker unreachable; per
+# measurement the ratio to that round's floor, the collector's CPU per request (utime + stime of
+# all its threads from /proc), its context switches per request and its RSS high-water mark.
+#
+#   loadtest/ab.sh BIN_A BIN_B [BIN…]             # e.g. a saved release binary and target/release/collector
+#   ROUNDS=3 SECS=10 EVENTS=50 loadtest/ab.sh A B
+#
+# Needs the release loadgen (built here) and jq. Ports AB_PORT (default 18690) to AB_PORT+2.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+(($# >= 1)) || { echo "usage: loadtest/ab.sh BIN_A [BIN_B …]" >&2; exit 2; }
+ROUNDS="${ROUNDS:-3}" SECS="${SECS:-10}" EVENTS="${EVENTS:-1}"
+PORT="${AB_PORT:-18690}"
+FLOOR_PORT=$PORT COLLECTOR_PORT=$((PORT + 1)) ADMIN_PORT=$((PORT + 2))
+SCRIPT=ab.sh WORK="$(mktemp -d)"
+LOG_DIR="$WORK"
+# shellcheck source=loadtest/http_common.sh
+source "$ROOT/loadtest/http_common.sh"
+cleanup() {
+  for p in $collector_pid $floor_pid; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+command -v jq >/dev/null || { say "jq is required (apt-get install jq)"; exit 1; }
+cargo build --release --manifest-path loadtest/loadgen/Cargo.toml >&2
+start_floor "$FLOOR_PORT"
+
+# req/s of one measurement at port $1, summary written to $2.
+measure() {
+  "$LOADGEN_BIN" run --url "http://127.0.0.1:$1/collect" --connections 64 --duration "$SECS" --events "$EVENTS" \
+    --quiet --json "$2" >/dev/null 2>&1
+  jq -r '.req_per_s | round' "$2"
+}
+
+# CPU clock ticks and context switches of every thread of process $1.
+ticks() { cat /proc/"$1"/task/*/stat | sed 's/.*) //' | awk '{t += $12 + $13} END {print t}'; }
+switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
+
+HZ="$(getconf CLK_TCK)"
+printf '%-6s %-40s %9s %7s %12s %12s %10s\n' round build "req/s" "× floor" "CPU/req µs" "switch/req" "HWM MiB"
+for round in $(seq 1 "$ROUNDS"); do
+  floor=$(measure "$FLOOR_PORT" "$WORK/floor.json")
+  printf '%-6s %-40s %9s %7s\n' "$round" floor "$floor" 1.00
+  builds=("$@")
+  if ((round % 2 == 0)); then mapfile -t builds < <(printf '%s\n' "$@" | tac); fi
+  for bin in "${builds[@]}"; do
+    COLLECTOR_BIN="$bin" start_collector serve "ab-$round-$(basename "$bin")-$RANDOM" --brokers 127.0.0.1:9 \
+      --drain-timeout-ms 500
+    t0=$(ticks "$collector_pid") s0=$(switches "$collector_pid")
+    rps=$(measure "$COLLECTOR_PORT" "$WORK/c.json")
+    t1=$(ticks "$collector_pid") s1=$(switches "$collector_pid")
+    hwm=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' /proc/"$collector_pid"/status)
+    acked=$(jq -r '.acked' "$WORK/c.json")
+    stop_collector
+    awk -v r="$round" -v b="$bin" -v rps="$rps" -v f="$floor" -v dt=$((t1 - t0)) -v ds=$((s1 - s0)) -v a="$acked" \
+      -v hz="$HZ" -v hwm="$hwm" 'BEGIN {printf "%-6s %-40s %9d %7.2f %12.1f %12.2f %10s\n", r, b, rps, rps / f, dt / hz * 1e6 / a, ds / a, hwm}'
+  done
+done
+stop_floor
