@@ -10,10 +10,10 @@ RECORDS="${RECORDS:-1000000}"
 LISTEN_PORT="${LISTEN_PORT:-18080}"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOPIC="backlog-$(date +%s)"
-target/release/examples/wal_fill --dir "$WORK/wal" --records "$RECORDS"
+"$RELEASE/examples/wal_fill" --dir "$WORK/wal" --records "$RECORDS"
 
 start_serve() {
-  target/release/collector serve --listen "$LISTEN" --admin-listen "$ADMIN" --wal-dir "$WORK/wal" --brokers "$BROKERS" \
+  "$RELEASE/collector" serve --listen "$LISTEN" --admin-listen "$ADMIN" --wal-dir "$WORK/wal" --brokers "$BROKERS" \
     --raw-topic "$TOPIC" --log warn >>"$WORK/collector.log" 2>&1 &
   pid=$!
   local t0; t0=$(ms)

@@ -9,6 +9,8 @@ BROKERS="127.0.0.1:${KAFKA_PORT:-9092}"
 LISTEN="127.0.0.1:${LISTEN_PORT:?}"
 ADMIN="127.0.0.1:${ADMIN_PORT:-$((LISTEN_PORT + 1000))}"
 WORK="$(mktemp -d)"
+# Where `cargo build --release` puts the binaries (CARGO_TARGET_DIR is honoured).
+RELEASE="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 started_kafka=0
 cleanup() {
   kill -9 "${pid:-}" 2>/dev/null || true

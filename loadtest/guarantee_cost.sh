@@ -18,9 +18,9 @@ declare -A flush_rate e2e_rate
 for mode in at-least-once exactly-once; do
   id="cost-$mode-$(date +%s)"
   rm -rf "$WORK/wal"
-  target/release/examples/wal_fill --dir "$WORK/wal" --records "$RECORDS"
+  "$RELEASE/examples/wal_fill" --dir "$WORK/wal" --records "$RECORDS"
   t0=$(ms)
-  target/release/collector run --listen "$LISTEN" --admin-listen "$ADMIN" --wal-dir "$WORK/wal" --brokers "$BROKERS" \
+  "$RELEASE/collector" run --listen "$LISTEN" --admin-listen "$ADMIN" --wal-dir "$WORK/wal" --brokers "$BROKERS" \
     --raw-topic "$id-raw" --transformed-topic "$id-rows" --dead-letter-topic "$id-dlq" \
     --group-id "$id" --node-id "$id" --delivery-guarantee "$mode" --log warn 2>>"$WORK/collector.log" &
   pid=$!
