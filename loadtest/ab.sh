@@ -20,11 +20,7 @@ SCRIPT=ab.sh WORK="$(mktemp -d)"
 LOG_DIR="$WORK"
 # shellcheck source=loadtest/http_common.sh
 source "$ROOT/loadtest/http_common.sh"
-cleanup() {
-  for p in $collector_pid $floor_pid; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+require_free_ports "$FLOOR_PORT" "$COLLECTOR_PORT" "$ADMIN_PORT"
 command -v jq >/dev/null || { say "jq is required (apt-get install jq)"; exit 1; }
 cargo build --release --manifest-path loadtest/loadgen/Cargo.toml >&2
 start_floor "$FLOOR_PORT"

@@ -64,15 +64,13 @@ mkdir -p "$REPORT_DIR"
 helper_pid=""
 started_kafka=0
 cleanup() {
-  for p in $collector_pid $floor_pid $helper_pid; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
+  kill -9 "$helper_pid" 2>/dev/null || true
+  stop_started
   if [[ $started_kafka == 1 ]]; then scripts/kafka.sh stop; fi
 }
 trap cleanup EXIT
 
-for p in $FLOOR_PORT $COLLECTOR_PORT $ADMIN_PORT; do
-  if port_open "$p"; then say "port $p is taken; set FLOOR_PORT/COLLECTOR_PORT/ADMIN_PORT"; exit 1; fi
-done
+require_free_ports "$FLOOR_PORT" "$COLLECTOR_PORT" "$ADMIN_PORT"
 for tool in kcat jq curl; do
   command -v "$tool" >/dev/null || { say "$tool is required (apt-get install $tool)"; exit 1; }
 done

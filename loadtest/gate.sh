@@ -43,15 +43,8 @@ SCRIPT=gate.sh WORK="$(mktemp -d)"
 LOG_DIR="$WORK"
 # shellcheck source=loadtest/http_common.sh
 source "$ROOT/loadtest/http_common.sh"
-cleanup() {
-  for p in $collector_pid $floor_pid; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
-for p in $FLOOR_PORT $COLLECTOR_PORT $ADMIN_PORT; do
-  if port_open "$p"; then say "port $p is taken; set GATE_PORT"; exit 1; fi
-done
+require_free_ports "$FLOOR_PORT" "$COLLECTOR_PORT" "$ADMIN_PORT"
 
 started=$(date +%s)
 say "building release binaries"

@@ -1,7 +1,9 @@
 # Shared by bench.sh and gate.sh (sourced, not run): the release binaries, the floor and the
 # collector under test started with their pids recorded and stopped by them. The sourcing script
 # sets SCRIPT (its name, for messages), COLLECTOR_PORT, ADMIN_PORT, WORK (scratch directory) and
-# LOG_DIR (where each process's log goes), and calls stop_collector / stop_floor on exit.
+# LOG_DIR (where each process's log goes). On exit, anything still running is killed and WORK
+# removed (`stop_started`, the EXIT trap; a script with more to clean up sets its own trap and
+# calls it).
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET="${CARGO_TARGET_DIR:-}"
 COLLECTOR_BIN="${TARGET:-$ROOT/target}/release/collector"
@@ -62,4 +64,18 @@ stop_collector() {
     wait "$collector_pid" 2>/dev/null || true
     collector_pid=""
   fi
+}
+
+# Kills what is still running (after a failure) and removes the scratch directory.
+stop_started() {
+  for p in $collector_pid $floor_pid; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap stop_started EXIT
+
+# Ends the script if one of the ports `$@` is taken; `$1`… are checked in order.
+require_free_ports() {
+  for p in "$@"; do
+    if port_open "$p"; then say "port $p is taken (another run, or set the ports)"; exit 1; fi
+  done
 }
