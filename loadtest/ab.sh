@@ -25,13 +25,6 @@ command -v jq >/dev/null || { say "jq is required (apt-get install jq)"; exit 1;
 cargo build --release --manifest-path loadtest/loadgen/Cargo.toml >&2
 start_floor "$FLOOR_PORT"
 
-# req/s of one measurement at port $1, summary written to $2.
-measure() {
-  "$LOADGEN_BIN" run --url "http://127.0.0.1:$1/collect" --connections 64 --duration "$SECS" --events "$EVENTS" \
-    --quiet --json "$2" >/dev/null 2>&1
-  jq -r '.req_per_s | round' "$2"
-}
-
 # CPU clock ticks and context switches of every thread of process $1.
 ticks() { cat /proc/"$1"/task/*/stat | sed 's/.*) //' | awk '{t += $12 + $13} END {print t}'; }
 switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
@@ -39,7 +32,7 @@ switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s += $2} END {
 HZ="$(getconf CLK_TCK)"
 printf '%-6s %-40s %9s %7s %12s %12s %10s\n' round build "req/s" "× floor" "CPU/req µs" "switch/req" "HWM MiB"
 for round in $(seq 1 "$ROUNDS"); do
-  floor=$(measure "$FLOOR_PORT" "$WORK/floor.json")
+  floor=$(measure floor "$FLOOR_PORT" --events "$EVENTS")
   printf '%-6s %-40s %9s %7s\n' "$round" floor "$floor" 1.00
   builds=("$@")
   if ((round % 2 == 0)); then mapfile -t builds < <(printf '%s\n' "$@" | tac); fi
@@ -47,7 +40,7 @@ for round in $(seq 1 "$ROUNDS"); do
     COLLECTOR_BIN="$bin" start_collector serve "ab-$round-$(basename "$bin")-$RANDOM" --brokers 127.0.0.1:9 \
       --drain-timeout-ms 500
     t0=$(ticks "$collector_pid") s0=$(switches "$collector_pid")
-    rps=$(measure "$COLLECTOR_PORT" "$WORK/c.json")
+    rps=$(measure c "$COLLECTOR_PORT" --events "$EVENTS")
     t1=$(ticks "$collector_pid") s1=$(switches "$collector_pid")
     hwm=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' /proc/"$collector_pid"/status)
     acked=$(jq -r '.acked' "$WORK/c.json")

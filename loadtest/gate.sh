@@ -54,15 +54,6 @@ built=$(date +%s)
 
 start_floor "$FLOOR_PORT"
 
-# req/s of one measurement; $1 = name, $2 = port, rest = extra flags.
-measure() {
-  local name=$1 port=$2
-  shift 2
-  "$LOADGEN_BIN" run --url "http://127.0.0.1:$port/collect" --connections 64 --duration "$SECS" --quiet \
-    --label "$name" --json "$WORK/$name.json" "$@" 2>/dev/null
-  sed -n 's/^ *"req_per_s": *\([0-9]*\).*/\1/p' "$WORK/$name.json"
-}
-
 best_wal=0 best_pipe=0
 STAMP="gate-$(date +%s)"
 for round in $(seq 1 "$ROUNDS"); do

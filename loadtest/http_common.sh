@@ -66,6 +66,16 @@ stop_collector() {
   fi
 }
 
+# req/s of one closed-loop measurement, 64 connections, SECS seconds; $1 = name (its summary is
+# written to $WORK/<name>.json), $2 = port, rest = extra loadgen flags.
+measure() {
+  local name=$1 port=$2
+  shift 2
+  "$LOADGEN_BIN" run --url "http://127.0.0.1:$port/collect" --connections 64 --duration "$SECS" --quiet \
+    --label "$name" --json "$WORK/$name.json" "$@" >/dev/null 2>&1
+  sed -n 's/^ *"req_per_s": *\([0-9]*\).*/\1/p' "$WORK/$name.json"
+}
+
 # Kills what is still running (after a failure) and removes the scratch directory.
 stop_started() {
   for p in $collector_pid $floor_pid; do kill -9 "$p" 2>/dev/null || true; done

@@ -39,7 +39,8 @@ use crate::node::NodeId;
 /// Where the worker's raw messages come from: a seam so the worker loop can be tested without
 /// Kafka.
 pub trait Source {
-    /// Up to `max` messages, waiting at most `wait`; empty if the group rebalanced meanwhile.
+    /// Up to `limit` (messages, or bytes of them), waiting at most `wait`; empty if the group
+    /// rebalanced meanwhile.
     ///
     /// # Errors
     /// The source can never deliver again (the consumer failed fatally, e.g. fenced by another
