@@ -38,9 +38,11 @@
 //! - [`app`]: wires the stages into the `run`, `serve` and `transform` modes.
 //! - [`telemetry`]: metric names and the Prometheus recorder.
 //!
-//! Dependencies point one way: `config` → `app` → stages (`ingest`, `flush`, `transform`) →
-//! `kafka` / `wal` / `schema` → only the leaf helpers (`retry`, `telemetry`, `now_ms`); no
-//! module imports one that imports it back. The stages meet Kafka only through
+//! Dependencies point one way; no module imports one that imports it back: `config` → `app` →
+//! the stages (`ingest`, `flush`, `transform`) → `kafka`, `wal`, `heal`, `schema`, `node` → the
+//! leaf helpers (`retry`, `telemetry`, `now_ms`). One stage reads others: `ingest` shows the
+//! flusher's status and sizes rows with `transform::row` (to refuse at the door a request whose
+//! rows Kafka could not take). Inside each folder the same holds between its files. The stages meet Kafka only through
 //! traits (`kafka::Outbox`, `flush::position::PositionStore`, `transform::source::Source`) and
 //! the disk only through `wal::LogStore`, so their loops are unit-tested with fakes.
 

@@ -31,7 +31,6 @@ use axum::http::{header, HeaderName};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
-use super::state::IngestState;
 use super::IngestError;
 
 /// The header a key is sent in.
@@ -175,11 +174,17 @@ fn presented_key(parts: &Parts) -> Option<String> {
 #[derive(Debug, Clone, Copy)]
 pub struct Client(pub Option<ClientId>);
 
-impl FromRequestParts<Arc<IngestState>> for Client {
+/// What a router's state offers the [`Client`] extractor: the configured keys. A trait rather
+/// than the ingest state itself, so that this module does not depend on the state that holds it.
+pub trait HoldsApiKeys {
+    fn api_keys(&self) -> &ApiKeys;
+}
+
+impl<S: HoldsApiKeys + Send + Sync> FromRequestParts<Arc<S>> for Client {
     type Rejection = IngestError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<IngestState>) -> Result<Self, Self::Rejection> {
-        state.options.api_keys.authenticate(parts).map(Client)
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<S>) -> Result<Self, Self::Rejection> {
+        state.api_keys().authenticate(parts).map(Client)
     }
 }
 

@@ -29,7 +29,6 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::state::IngestState;
 use super::IngestError;
 
 /// Request headers a page may send: everything `/collect` reads, and the key.
@@ -105,8 +104,7 @@ fn preflight() -> Response {
 }
 
 /// Middleware around `/collect` applying the module's contract.
-pub async fn guard(State(state): State<Arc<IngestState>>, req: Request, next: Next) -> Response {
-    let cors = &state.options.cors;
+pub async fn guard(State(cors): State<Arc<Cors>>, req: Request, next: Next) -> Response {
     let Some(origin) = req.headers().get(header::ORIGIN).filter(|_| cors.is_enabled()).cloned() else {
         return next.run(req).await;
     };

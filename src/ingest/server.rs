@@ -75,8 +75,8 @@ fn client_scope(client: Option<&ClientId>) -> Vec<u8> {
 pub fn router(state: Arc<IngestState>) -> Router {
     // The CORS guard wraps every answer of /collect, its 405s included (hence the method
     // router's own fallback), and sees preflights (OPTIONS) before they become 405s.
-    let collect =
-        post(collect).fallback(method_not_allowed).layer(middleware::from_fn_with_state(state.clone(), cors::guard));
+    let cors = Arc::new(state.options.cors.clone());
+    let collect = post(collect).fallback(method_not_allowed).layer(middleware::from_fn_with_state(cors, cors::guard));
     Router::new()
         .route("/collect", collect)
         .route("/healthz", get(status::healthz))

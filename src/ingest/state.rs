@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
-use super::auth::ApiKeys;
+use super::auth::{ApiKeys, HoldsApiKeys};
 use super::body::BodyLimits;
 use super::cors::Cors;
 use super::validate::EventLimits;
@@ -62,6 +62,12 @@ pub struct IngestState {
     pub health: Arc<WalHealth>,
     /// Free space on the WAL's filesystem.
     pub disk: Arc<DiskWatch>,
+}
+
+impl HoldsApiKeys for IngestState {
+    fn api_keys(&self) -> &ApiKeys {
+        &self.options.api_keys
+    }
 }
 
 impl IngestState {

@@ -72,21 +72,8 @@ pub fn check(raw: &[u8]) -> Result<(), Invalid> {
             b'"' => {
                 // An unterminated string: not JSON, which the parser reports.
                 let Some((end, escaped)) = string_end(raw, i, &stack)? else { return Ok(()) };
-                let parent = stack.len().saturating_sub(1);
-                if let Some(Frame::Object { start, many, key, expect_key }) = stack.last_mut() {
-                    if *expect_key {
-                        let name = key_text(&raw[i..=end], escaped);
-                        if !keys.insert(*start, many, name.clone()) {
-                            let at = format!("{}/{}", path(&stack[..parent]), pointer_escape(&name));
-                            return Err(Invalid::schema(
-                                "duplicate_key",
-                                at,
-                                format!("the key {name:?} appears twice in one object; JSON readers disagree on which value counts"),
-                            ));
-                        }
-                        *key = Some(name);
-                        *expect_key = false;
-                    }
+                if let Some(Frame::Object { expect_key: true, .. }) = stack.last() {
+                    record_key(&mut stack, &mut keys, key_text(&raw[i..=end], escaped))?;
                 }
                 i = end + 1;
                 continue;
@@ -125,6 +112,26 @@ pub fn check(raw: &[u8]) -> Result<(), Invalid> {
         }
         i += 1;
     }
+    Ok(())
+}
+
+/// Records `name` as the next key of the innermost object (which expects a key).
+///
+/// # Errors
+/// `duplicate_key` when that object already has it.
+fn record_key<'a>(stack: &mut [Frame<'a>], keys: &mut Keys<'a>, name: Cow<'a, str>) -> Result<(), Invalid> {
+    let parent = stack.len().saturating_sub(1);
+    let Some(Frame::Object { start, many, key, expect_key }) = stack.last_mut() else { return Ok(()) };
+    if !keys.insert(*start, many, name.clone()) {
+        let at = format!("{}/{}", path(&stack[..parent]), pointer_escape(&name));
+        return Err(Invalid::schema(
+            "duplicate_key",
+            at,
+            format!("the key {name:?} appears twice in one object; JSON readers disagree on which value counts"),
+        ));
+    }
+    *key = Some(name);
+    *expect_key = false;
     Ok(())
 }
 
