@@ -82,9 +82,11 @@ fn dependencies(modules: &BTreeMap<String, String>) -> Graph {
         let code = without_comments(code.split("#[cfg(test)]").next().unwrap_or_default());
         // `super` of `a::b` is `a`, whether `a::b` is a file or a folder's `mod.rs`.
         let parent = module.rsplit_once("::").map(|(p, _)| p.to_string()).unwrap_or_default();
-        for path in paths(&code, "crate::").into_iter().map(|p| (String::new(), p)).chain(
-            paths(&code, "super::").into_iter().map(|p| (parent.clone(), p)),
-        ) {
+        for path in paths(&code, "crate::")
+            .into_iter()
+            .map(|p| (String::new(), p))
+            .chain(paths(&code, "super::").into_iter().map(|p| (parent.clone(), p)))
+        {
             let (base, path) = path;
             let full = if base.is_empty() { path } else { format!("{base}::{path}") };
             if let Some(target) = longest_module(modules, &full) {

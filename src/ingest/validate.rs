@@ -40,16 +40,18 @@ impl EventLimits {
 /// `control_character`, `negative_zero`, `too_deep`, `too_many_events`, `ctx_too_large`,
 /// `field_too_long`, `rows_too_large`.
 pub fn validate(raw: &[u8], scratch: &mut [u8], limits: &EventLimits) -> Result<usize, Invalid> {
-    // One scan: a raw control character is reported before the parser's generic
-    // `invalid_json`; a duplicate key only once the body is known to be JSON.
-    let strictness = strict::check(raw);
-    if let Err(e) = &strictness {
-        if e.code == "control_character" {
-            return strictness.map(|()| 0);
+    let envelope = Envelope::parse(scratch);
+    // The strictness scan only where the quick screen cannot vouch for the body. A raw control
+    // character is reported before the parser's generic `invalid_json`; the other strictness
+    // errors only once the body is known to be JSON.
+    if !envelope.as_ref().is_ok_and(|envelope| strict::surely_strict(raw, envelope)) {
+        if let Err(e) = strict::check(raw) {
+            if e.code == "control_character" || envelope.is_ok() {
+                return Err(e);
+            }
         }
     }
-    let envelope = Envelope::parse(scratch)?;
-    strictness?;
+    let envelope = envelope?;
     if envelope.len() > limits.max_events {
         return Err(Invalid::schema(
             "too_many_events",

@@ -21,7 +21,14 @@
 //! simd-json 0.19 itself refuses raw control characters; the check keeps that a property of the
 //! collector, with its own error code, whatever the parser does.
 //!
-//! It runs on every request, so the duplicate-key check allocates nothing per object: the keys
+//! [`surely_strict`] spares most bodies that scan: on a body the parser read, it looks for the
+//! four things on the parser's tape (repeated keys, depth) and with fast whole-body searches
+//! (any byte below U+0020, `-0`, a `\u` escape); only a body where one of them turns up is
+//! scanned by [`check`], which then gives the exact error and path. The searches are broader
+//! than the rules (a newline between tokens, `-0.5`, any `\u` escape send a body to the full
+//! scan), never narrower, so the verdict is always [`check`]'s.
+//!
+//! [`check`] runs on some requests, so the duplicate-key check allocates nothing per object: the keys
 //! of all open objects share one stack, and an object's keys are found by a linear scan of its
 //! part of it (real objects have a handful of keys, where that beats hashing). An object past
 //! [`LINEAR_KEYS`] keys moves them to a hash set, so a hostile object with many keys still costs
@@ -30,7 +37,9 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use super::{Invalid, InvalidKind};
+use simd_json::Node;
+
+use super::{entries, span, Envelope, Invalid, InvalidKind};
 
 /// Most keys an object's duplicate check scans linearly; one more and they move to a hash set.
 const LINEAR_KEYS: usize = 32;
@@ -41,9 +50,9 @@ enum Frame<'a> {
         /// Where this object's keys start in the shared key stack (see [`Keys`]).
         start: usize,
         /// The object's keys once it has more than [`LINEAR_KEYS`] (then none are on the stack).
-        many: Option<HashSet<Cow<'a, str>>>,
+        many: Option<HashSet<Cow<'a, [u8]>>>,
         /// The key whose value is being read (for paths).
-        key: Option<Cow<'a, str>>,
+        key: Option<Cow<'a, [u8]>>,
         /// The next string is a key.
         expect_key: bool,
     },
@@ -119,10 +128,11 @@ pub fn check(raw: &[u8]) -> Result<(), Invalid> {
 ///
 /// # Errors
 /// `duplicate_key` when that object already has it.
-fn record_key<'a>(stack: &mut [Frame<'a>], keys: &mut Keys<'a>, name: Cow<'a, str>) -> Result<(), Invalid> {
+fn record_key<'a>(stack: &mut [Frame<'a>], keys: &mut Keys<'a>, name: Cow<'a, [u8]>) -> Result<(), Invalid> {
     let parent = stack.len().saturating_sub(1);
     let Some(Frame::Object { start, many, key, expect_key }) = stack.last_mut() else { return Ok(()) };
     if !keys.insert(*start, many, name.clone()) {
+        let name = String::from_utf8_lossy(&name);
         let at = format!("{}/{}", path(&stack[..parent]), pointer_escape(&name));
         return Err(Invalid::schema(
             "duplicate_key",
@@ -135,12 +145,69 @@ fn record_key<'a>(stack: &mut [Frame<'a>], keys: &mut Keys<'a>, name: Cow<'a, st
     Ok(())
 }
 
+/// True when [`check`] would surely pass `raw`, whose parsed form is `envelope`; false when it
+/// might not (then run it). Costs a pass over the tape and three vectorised searches of the
+/// bytes instead of [`check`]'s byte-by-byte scan with its key bookkeeping.
+pub fn surely_strict(raw: &[u8], envelope: &Envelope<'_>) -> bool {
+    // A `\u` escape is the one place where the parser's unescaping and `check`'s could differ
+    // (lone surrogates); without one, keys on the tape are exactly the keys `check` compares.
+    // The smallest byte per 256 (a loop without an early exit, which the compiler vectorises).
+    !raw.chunks(256).any(|chunk| chunk.iter().copied().min().is_some_and(|least| least < 0x20))
+        && memchr::memmem::find(raw, b"-0").is_none()
+        && memchr::memmem::find(raw, b"\\u").is_none()
+        && tape_is_strict(&envelope.tape)
+}
+
+/// No object on `tape` repeats a key, and nothing nests deeper than [`MAX_DEPTH`].
+fn tape_is_strict(tape: &[Node<'_>]) -> bool {
+    // The end (exclusive) of every container open at the node being read.
+    let mut open: Vec<usize> = Vec::new();
+    for (at, node) in tape.iter().enumerate() {
+        while open.last().is_some_and(|&end| end <= at) {
+            open.pop();
+        }
+        match node {
+            Node::Object { len, .. } => {
+                if open.len() == MAX_DEPTH || !keys_unique(tape, at, *len) {
+                    return false;
+                }
+                open.push(at + span(node));
+            }
+            Node::Array { .. } => {
+                if open.len() == MAX_DEPTH {
+                    return false;
+                }
+                open.push(at + span(node));
+            }
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Whether the object at `at` (with `len` keys) has no key twice: pairwise for the handful of
+/// keys real objects have, a hash set past [`LINEAR_KEYS`].
+fn keys_unique(tape: &[Node<'_>], at: usize, len: usize) -> bool {
+    if len > LINEAR_KEYS {
+        let mut seen = HashSet::with_capacity(len);
+        return entries(tape, at).all(|(key, _)| seen.insert(key));
+    }
+    let mut keys = [""; LINEAR_KEYS];
+    for (n, (key, _)) in entries(tape, at).enumerate() {
+        if keys[..n].contains(&key) {
+            return false;
+        }
+        keys[n] = key;
+    }
+    true
+}
+
 /// The keys of every open object, outermost first: an object's keys are pushed after those of
 /// the objects around it and popped when it closes, and while it is open no outer object gets a
 /// key. One allocation per document instead of a hash set per object.
 #[derive(Default)]
 struct Keys<'a> {
-    stack: Vec<Cow<'a, str>>,
+    stack: Vec<Cow<'a, [u8]>>,
 }
 
 impl<'a> Keys<'a> {
@@ -156,7 +223,7 @@ impl<'a> Keys<'a> {
 
     /// Adds `name` to the innermost open object (keys from `start`, or `many` once it has more
     /// than [`LINEAR_KEYS`]); false if the object already has it.
-    fn insert(&mut self, start: usize, many: &mut Option<HashSet<Cow<'a, str>>>, name: Cow<'a, str>) -> bool {
+    fn insert(&mut self, start: usize, many: &mut Option<HashSet<Cow<'a, [u8]>>>, name: Cow<'a, [u8]>) -> bool {
         if let Some(set) = many {
             return set.insert(name);
         }
@@ -181,7 +248,9 @@ fn string_end(raw: &[u8], start: usize, stack: &[Frame<'_>]) -> Result<Option<(u
     let mut j = start + 1;
     let mut escaped = false;
     while j < raw.len() {
-        match raw[j] {
+        j = skip_plain(raw, j);
+        let Some(&byte) = raw.get(j) else { break };
+        match byte {
             b'\\' => {
                 escaped = true;
                 j += 2;
@@ -202,14 +271,37 @@ fn string_end(raw: &[u8], start: usize, stack: &[Frame<'_>]) -> Result<Option<(u
     Ok(None)
 }
 
-/// A key's text: as is, or decoded when it has escapes (`"a"` and `"\u0061"` are one key).
-fn key_text(quoted: &[u8], escaped: bool) -> Cow<'_, str> {
+/// The first index from `at` that may hold a quote, a backslash or a control character: skips
+/// eight bytes at a time while none of them is one (most of a body is string text, and a byte
+/// at a time was most of this check's cost).
+fn skip_plain(raw: &[u8], mut at: usize) -> usize {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    // Whether any byte of `word` is below `n` (n <= 128; "Bit Twiddling Hacks", hasless).
+    let any_below = |word: u64, n: u8| word.wrapping_sub(ONES * n as u64) & !word & HIGH != 0;
+    while let Some(chunk) = raw.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let special = any_below(word, 0x20)
+            || any_below(word ^ (ONES * b'"' as u64), 1)
+            || any_below(word ^ (ONES * b'\\' as u64), 1);
+        if special {
+            break;
+        }
+        at += 8;
+    }
+    at
+}
+
+/// A key's bytes: as they are, or decoded when it has escapes (`"a"` and `"\u0061"` are one
+/// key). Compared as bytes; made text only for an error message (most keys are never decoded
+/// or checked as UTF-8 here: the parser checks the whole body).
+fn key_text(quoted: &[u8], escaped: bool) -> Cow<'_, [u8]> {
     if escaped {
         if let Ok(s) = serde_json::from_slice::<String>(quoted) {
-            return Cow::Owned(s);
+            return Cow::Owned(s.into_bytes());
         }
     }
-    String::from_utf8_lossy(&quoted[1..quoted.len() - 1])
+    Cow::Borrowed(&quoted[1..quoted.len() - 1])
 }
 
 /// The JSON pointer of the place being read.
@@ -219,7 +311,7 @@ fn path(stack: &[Frame<'_>]) -> String {
         match frame {
             Frame::Object { key: Some(k), .. } => {
                 out.push('/');
-                out.push_str(&pointer_escape(k));
+                out.push_str(&pointer_escape(&String::from_utf8_lossy(k)));
             }
             Frame::Object { key: None, .. } => {}
             Frame::Array { index } => {
@@ -246,6 +338,80 @@ mod tests {
 
     fn code_and_path(body: &str) -> Option<(&'static str, String)> {
         check(body.as_bytes()).err().map(|e| (e.code, e.path))
+    }
+
+    /// The screen vouches for a body only where the full scan finds nothing.
+    fn screened(body: &str) -> bool {
+        let mut scratch = body.as_bytes().to_vec();
+        let envelope = Envelope::parse(&mut scratch).expect("a body with an events array");
+        let vouched = surely_strict(body.as_bytes(), &envelope);
+        if vouched {
+            assert_eq!(check(body.as_bytes()), Ok(()), "vouched for a body the scan refuses: {body}");
+        }
+        vouched
+    }
+
+    #[test]
+    fn the_screen_vouches_for_plain_bodies_and_sends_every_doubtful_one_to_the_full_scan() {
+        let event = r#"{"event_type":"a","event_time":1,"user_id":"u","x":{"y":[1,{"z":2}]}}"#;
+        let wrap = |event: &str| {
+            format!(r#"{{"events":[{event},{event}],"ctx":{{"browser":"b","device":"d","version":"v"}}}}"#)
+        };
+        assert!(screened(&wrap(event)), "a compact body without any of the four needs no scan");
+        // Repeated keys, at any level, also where only unescaping makes them equal.
+        for doubtful in [
+            event.replace(r#""x":"#, r#""user_id":"v","x":"#),
+            event.replace(r#""z":2"#, r#""z":2,"z":3"#),
+            event.replace(r#""x":"#, r#""x":1,"x":"#),
+            event.replace(r#""x":"#, r#""a"b":1,"a"b":2,"x":"#),
+            // -0, and what merely looks like it.
+            event.replace(r#""event_time":1"#, r#""event_time":-0"#),
+            event.replace(r#""event_time":1"#, r#""event_time":1,"lat":-0.5"#),
+            // Whitespace between tokens, and a raw control character in a string.
+            event.replace(',', ",\n"),
+            event.replace(r#""u""#, "\"u\u{1}\""),
+            // Nesting past the limit: the body, events, the event and x, then y's arrays.
+            event.replace(
+                r#""y":[1,{"z":2}]"#,
+                &format!(r#""y":{}1{}"#, "[".repeat(MAX_DEPTH - 3), "]".repeat(MAX_DEPTH - 3)),
+            ),
+        ] {
+            let body = wrap(&doubtful);
+            if Envelope::parse(&mut body.as_bytes().to_vec()).is_ok() {
+                assert!(!screened(&body), "the screen vouched for {body}");
+            }
+        }
+        // At the limit, and compact: vouched for (and the scan agrees).
+        let deep = format!(r#""y":{}1{}"#, "[".repeat(MAX_DEPTH - 4), "]".repeat(MAX_DEPTH - 4));
+        assert!(screened(&wrap(&event.replace(r#""y":[1,{"z":2}]"#, &deep))));
+        // Many keys, all different, past the linear limit: vouched for; one repeated: not.
+        let many: Vec<String> = (0..LINEAR_KEYS + 5).map(|k| format!(r#""k{k}":{k}"#)).collect();
+        let wide = event.replace(r#""x":"#, &format!("{},\"x\":", many.join(",")));
+        assert!(screened(&wrap(&wide)));
+        let repeated = event.replace(r#""x":"#, &format!("{},\"k3\":0,\"x\":", many.join(",")));
+        assert!(!screened(&wrap(&repeated)));
+    }
+
+    #[test]
+    fn the_eight_byte_skip_stops_at_or_before_every_byte_that_ends_or_breaks_a_string() {
+        let specials = [b'"', b'\\', 0x00, 0x07, 0x1f];
+        let plain = [b'a', b' ', b'!', b'#', b'[', b']', 0x7f, 0x80, 0xc3, 0xff];
+        for &filler in &plain {
+            for len in 0..40 {
+                let mut body = vec![filler; len];
+                // No special byte: the skip stops only within eight bytes of the end.
+                let end = skip_plain(&body, 0);
+                assert!(end <= len && end + 8 > len, "filler {filler:#x}, len {len}: stopped at {end}");
+                for &special in &specials {
+                    for at in 0..len {
+                        body[at] = special;
+                        let stop = skip_plain(&body, 0);
+                        assert!(stop <= at && at < stop + 8, "{special:#x} at {at} of {len}: stopped at {stop}");
+                        body[at] = filler;
+                    }
+                }
+            }
+        }
     }
 
     #[test]
