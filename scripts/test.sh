@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: unit, property, HTTP, and the integration tests against a real Kafka; then
-# the throughput gate (loadtest/gate.sh: release builds, the collector's req/s as a ratio to a
-# do-nothing floor measured in the same run, failing only far below today's ratios).
+# Runs every test: faultfs's model tests, then unit, property, HTTP, and the integration tests
+# against a real Kafka; then the throughput gate (loadtest/gate.sh: release builds, the
+# collector's req/s as a ratio to a do-nothing floor measured in the same run, failing only far
+# below today's ratios).
 # Starts the local single-node Kafka if none answers on KAFKA_PORT (default 9092) and stops it
 # afterwards if this script started it.
 #
@@ -30,6 +31,10 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+
+# faultfs, the filesystem the power-cut tests run on: its own model tests, on real FUSE mounts
+# (each skips with a message where /dev/fuse or mounting is unavailable).
+cargo test --manifest-path faultfs/Cargo.toml
 
 export COLLECTOR_TEST_BROKERS="127.0.0.1:$PORT"
 # --all-targets: also runs each criterion bench once, in test mode, to prove it works.
