@@ -4,7 +4,9 @@
 //! In: framed records from ingest ([`WalWriter::append`]). Out: records in sequence order to the
 //! flusher ([`LogStore::read`]), which acknowledges what Kafka confirmed
 //! ([`LogStore::ack_through`]). Guaranteed: an `append` that returned `Ok(seq)` survives
-//! `kill -9` and power loss (sled `flush()` = fsync); records are read back in the order of
+//! `kill -9` and power loss (sled's `flush()` ends in `fdatasync` of its log, and every
+//! directory entry the WAL's files need is fsynced: vendored sled, `vendor/README.md`; the
+//! power-cut proof on a filesystem that forgets is issue 9's); records are read back in the order of
 //! their sequence numbers; a record is only reclaimed after it was acknowledged; sequence
 //! numbers are never reused. Not guaranteed by the WAL alone: it hands records out *at least
 //! once* — a record Kafka already has may be read again after a crash, because the watermark

@@ -80,6 +80,13 @@ impl Recovery<'_> {
                 std::fs::create_dir_all(self.dir)
                     .map_err(|e| WalError::Storage(format!("creating {}: {e}", self.dir.display())))?;
                 let (file, floor) = SequenceFile::open(&path)?;
+                // A new directory's and file's names are durable only once their directories
+                // are fsynced (their own fsyncs do not cover them): the WAL directory's entry
+                // in its parent, the sequence file's in the WAL directory.
+                if let Some(parent) = self.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    sync_dir(parent)?;
+                }
+                sync_dir(self.dir)?;
                 Ok((Some(file), floor))
             }
             RecoveryMode::ReportOnly => Ok((None, SequenceFile::read_floor(&path)?)),
@@ -129,6 +136,7 @@ impl Recovery<'_> {
                 crate::telemetry::wal_set_aside();
                 std::fs::rename(&path, &aside)
                     .map_err(|e| WalError::Storage(format!("setting aside {}: {e}", path.display())))?;
+                sync_dir(self.dir)?;
                 Ok(open()?)
             }
         }
@@ -266,4 +274,11 @@ pub(super) fn lost_ranges(meta: &sled::Tree, unrecorded: Option<(u64, u64)>) -> 
         ranges.sort_unstable();
     }
     Ok(ranges)
+}
+
+/// Fsyncs a directory, which makes the names in it durable.
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| WalError::Storage(format!("fsyncing the directory {}: {e}", dir.display())))
 }

@@ -573,7 +573,17 @@ impl Config {
             options.create_new(true);
         }
 
-        self.try_lock(options.open(&self.db_path())?)
+        let file = options.open(&self.db_path())?;
+        // collector patch: make a new database's entries durable (its
+        // directory, `blobs/`, the log file `db`): without this a power cut
+        // can take the whole log file away, fsynced contents and all.
+        crate::sync_dir(&self.get_path())?;
+        if let Some(parent) = self.get_path().parent() {
+            if !parent.as_os_str().is_empty() {
+                crate::sync_dir(parent)?;
+            }
+        }
+        self.try_lock(file)
     }
 
     fn try_lock(&self, file: File) -> Result<File> {
@@ -678,6 +688,9 @@ impl Config {
         io_fail!(self, "write_config crc");
         f.write_all(&crc_arr)?;
         io_fail!(self, "write_config post");
+        // collector patch: the config file and its entry, durable.
+        f.sync_all()?;
+        crate::sync_dir(&self.get_path())?;
         Ok(())
     }
 

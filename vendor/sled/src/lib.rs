@@ -528,3 +528,9 @@ mod compile_time_assertions {
 
     fn _assert_send_sync<S: Send + Sync>(_: &S) {}
 }
+
+/// collector patch: fsync a directory, making the entries in it durable
+/// (a file's own fsync does not cover its name).
+pub(crate) fn sync_dir(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}

@@ -90,12 +90,14 @@ pub(crate) fn write_blob<T: Serialize>(
     io_fail!(config, "write_blob write kind_byte");
     f.write_all(kind_buf)?;
     io_fail!(config, "write_blob write buf");
-    f.write_all(&data)
-        .map(|r| {
-            trace!("successfully wrote blob at {:?}", path);
-            r
-        })
-        .map_err(|e| e.into())
+    f.write_all(&data)?;
+    // collector patch: a blob is referenced from the log as soon as this
+    // returns, and the log is fsynced; so the blob's bytes and its directory
+    // entry must be durable first (upstream synced neither).
+    f.sync_all()?;
+    crate::sync_dir(&config.get_path().join("blobs"))?;
+    trace!("successfully wrote blob at {:?}", path);
+    Ok(())
 }
 
 pub(crate) fn gc_blobs(config: &Config, stable_lsn: Lsn) -> Result<()> {

@@ -560,6 +560,8 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
     io_fail!(config, "snap write mv");
     std::fs::rename(&path_1, &path_2)?;
     io_fail!(config, "snap write mv post");
+    // collector patch: the new snapshot's name durable before the old ones go.
+    crate::sync_dir(&config.get_path())?;
 
     trace!("renamed snapshot to {}", path_2.to_string_lossy());
 
