@@ -183,6 +183,13 @@ impl Collector {
     /// The admin listener gets a port of its own choosing too, unless `extra` names
     /// `--admin-listen`.
     pub fn start(mode: &str, wal: &Path, port: u16, extra: &[String]) -> Collector {
+        Collector::try_start(mode, wal, port, extra).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// [`Collector::start`], with an error instead of a panic when the collector does not come
+    /// up within 30 s (it exited, or never started listening; it is killed), for tests that
+    /// report what happened first.
+    pub fn try_start(mode: &str, wal: &Path, port: u16, extra: &[String]) -> Result<Collector, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_collector"));
         command.arg(mode).arg("--listen").arg(format!("127.0.0.1:{port}")).arg("--wal-dir").arg(wal);
         if !extra.iter().any(|a| a == "--admin-listen") {
@@ -220,11 +227,14 @@ impl Collector {
                 Err(_) => {
                     let status = child.try_wait().unwrap();
                     let _ = child.kill();
-                    panic!("the collector did not start listening (exit status {status:?}); its log is above");
+                    let _ = child.wait();
+                    return Err(format!(
+                        "the collector did not start listening (exit status {status:?}); its log is above"
+                    ));
                 }
             }
         };
-        Collector { child, addr, admin }
+        Ok(Collector { child, addr, admin })
     }
 
     /// The port this collector listens on (to restart another one in its place).
@@ -368,6 +378,10 @@ pub struct LoadCounters {
     pub acked: AtomicUsize,
     /// 503 answers (WAL full, draining); each had to carry `Retry-After`.
     pub unavailable: AtomicUsize,
+    /// Per client, how many of its requests (`c{client}-0` … `c{client}-{n-1}`) are acknowledged
+    /// so far: each client sends one request at a time, in order, so a snapshot taken while no
+    /// collector runs says exactly which ids were acknowledged before that moment.
+    pub acked_per_client: std::sync::Mutex<HashMap<usize, usize>>,
 }
 
 /// What a load did, summed over its clients.
@@ -416,6 +430,7 @@ pub fn start_load(
                             Ok(r) if r.status() == 200 => {
                                 out.acked.insert(id.clone());
                                 counters.acked.fetch_add(1, Ordering::Relaxed);
+                                counters.acked_per_client.lock().unwrap().insert(c, i);
                                 tokio::time::sleep(shape.pace).await;
                                 break;
                             }
