@@ -583,5 +583,9 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
             }
         }
     }
+    // collector patch: the removals durable too, or every power cut brings
+    // the replaced snapshots back and they pile up (found by the power-cut
+    // test: 19 stale snapshots after 20 cuts).
+    crate::sync_dir(&config.get_path())?;
     Ok(())
 }
