@@ -29,6 +29,18 @@ pub struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `collector=debug,librdkafka=warn`.
     #[arg(long, env = "COLLECTOR_LOG", default_value = "info", global = true)]
     pub log: String,
+    /// Log lines as human text, or as one JSON object per line (for a log shipper).
+    #[arg(long, env = "COLLECTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `2026-11-28T22:00:00.000000Z  INFO request{request_id=…}: message key=value`.
+    Text,
+    /// `{"timestamp":…,"level":"INFO","message":…,"key":…,"span":{"name":"request","request_id":…}}`.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

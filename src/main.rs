@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context, Result};
 use clap::Parser;
 use collector::app::{self, Pipeline};
-use collector::config::{Cli, Command};
+use collector::config::{Cli, Command, LogFormat};
 use signals::Signals;
 use tracing::warn;
 use tracing_subscriber::EnvFilter;
@@ -24,12 +24,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        // The event's fields at the top level; the innermost span (e.g. `request` with its
+        // `request_id`) as `span`.
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

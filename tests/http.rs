@@ -537,7 +537,7 @@ async fn cors_preflights_and_answers_follow_the_origin_allow_list() {
         assert_eq!((status, json["error"]["code"].as_str()), (expected, code), "{json}");
         assert_eq!(h["access-control-allow-origin"], SHOP, "{status}");
         assert!(h.get_all("vary").iter().any(|v| v.to_str().unwrap().contains("origin")));
-        assert_eq!(h["access-control-expose-headers"], "retry-after");
+        assert_eq!(h["access-control-expose-headers"], "retry-after, x-request-id");
     }
     // Server-side trackers send no Origin and are not affected.
     let (status, h, json) = send(&c, reqwest::Method::POST, "/collect", &[JSON, ("x-api-key", KEY)], SEED_SAMPLE).await;
@@ -555,4 +555,93 @@ async fn without_cors_origins_no_cors_headers_are_sent_and_preflights_are_not_an
     let (status, h, json) = send(&c, reqwest::Method::OPTIONS, "/collect", &preflight, "").await;
     assert_eq!((status, json["error"]["code"].as_str()), (405, Some("method_not_allowed")));
     assert!(!h.contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_the_clients_when_it_is_a_plain_token() {
+    let (c, _wal) = start(&[]);
+    let id_of = |r: &reqwest::Response| r.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_string());
+    let generated =
+        |id: &Option<String>| id.as_ref().is_some_and(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+    let ok = client().post(c.url("/collect")).header(JSON.0, JSON.1).body(SEED_SAMPLE).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let first = id_of(&ok);
+    assert!(generated(&first), "a new id for a request without one: {first:?}");
+    let again = client().post(c.url("/collect")).header(JSON.0, JSON.1).body(SEED_SAMPLE).send().await.unwrap();
+    assert_ne!(id_of(&again), first, "each request its own id");
+    // The client's own id, on a success and on errors (a schema error, a 404, the admin listener).
+    for (url, body) in [(c.url("/collect"), SEED_SAMPLE.to_string()), (c.url("/collect"), "{}".into())] {
+        let r =
+            client().post(url).header(JSON.0, JSON.1).header("x-request-id", "tracker-42.a").body(body).send().await;
+        assert_eq!(id_of(&r.unwrap()).as_deref(), Some("tracker-42.a"));
+    }
+    for url in [c.url("/nowhere"), c.admin_url("/healthz")] {
+        let r = client().get(url).header("x-request-id", "probe:7").send().await.unwrap();
+        assert_eq!(id_of(&r).as_deref(), Some("probe:7"));
+    }
+    // Not a plain token: replaced, not echoed.
+    for bad in ["has space".to_string(), "x".repeat(129)] {
+        let r = client().post(c.url("/collect")).header(JSON.0, JSON.1).header("x-request-id", &bad).body(SEED_SAMPLE);
+        let id = id_of(&r.send().await.unwrap());
+        assert!(generated(&id), "{bad:?} was answered with {id:?}");
+    }
+}
+
+#[tokio::test]
+async fn json_logs_name_the_request_each_line_is_about() {
+    let wal = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "none", "--wal-dir"])
+        .arg(wal.path())
+        .args(["--brokers", &format!("127.0.0.1:{}", free_port()), "--cors-origin", "https://shop.example"])
+        .args(["--log-format", "json", "--log", "warn,collector::ingest=debug,collector::app=info"])
+        .env_remove("COLLECTOR_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..300 {
+        if client().get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "the collector did not come up");
+    // A page of another origin: refused, and the refusal logged (at debug) about this request.
+    let refused = client()
+        .post(format!("{base}/collect"))
+        .header(JSON.0, JSON.1)
+        .header("origin", "https://evil.example")
+        .header("x-request-id", "evil-1")
+        .body(SEED_SAMPLE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines: Vec<String> = rx.try_iter().collect();
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {l}")))
+        .collect();
+    assert!(parsed.iter().any(|l| l["message"] == "Collector listening."), "the start-up line, as JSON: {lines:?}");
+    let about = parsed
+        .iter()
+        .find(|l| l["message"].as_str().is_some_and(|m| m.contains("origin not in --cors-origin")))
+        .unwrap_or_else(|| panic!("no line about the refused request: {lines:?}"));
+    assert_eq!(about["span"]["request_id"], "evil-1", "{about}");
+    assert_eq!(about["origin"], "https://evil.example", "{about}");
+    assert_eq!(about["level"], "DEBUG");
 }

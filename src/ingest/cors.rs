@@ -12,7 +12,8 @@
 //!     ([`MAX_AGE_SECS`]);
 //!   - every other answer to an allowed origin, errors included, carries
 //!     `Access-Control-Allow-Origin`, `Vary: Origin` and `Access-Control-Expose-Headers:
-//!     Retry-After`, so a page can read the JSON error and honour a 503's `Retry-After`;
+//!     Retry-After, X-Request-Id`, so a page can read the JSON error, honour a 503's
+//!     `Retry-After` and report the request's id;
 //!   - a request (preflight or not) whose `Origin` is not allowed is answered
 //!     `403 origin_not_allowed`, without CORS headers, before anything else is looked at: a
 //!     page on another site cannot post. Refusing only its preflight would not be enough: a
@@ -32,7 +33,8 @@ use axum::response::{IntoResponse, Response};
 use super::IngestError;
 
 /// Request headers a page may send: everything `/collect` reads, and the key.
-pub const ALLOW_HEADERS: &str = "content-type, content-encoding, idempotency-key, x-api-key, authorization";
+pub const ALLOW_HEADERS: &str =
+    "content-type, content-encoding, idempotency-key, x-api-key, authorization, x-request-id";
 /// How long a browser may cache a preflight answer (Chromium caps this at two hours anyway).
 pub const MAX_AGE_SECS: u32 = 3600;
 
@@ -121,7 +123,7 @@ pub async fn guard(State(cors): State<Arc<Cors>>, req: Request, next: Next) -> R
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
     headers.append(header::VARY, HeaderValue::from_static("origin"));
     if !preflight_request {
-        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("retry-after"));
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("retry-after, x-request-id"));
     }
     response
 }

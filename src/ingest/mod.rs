@@ -19,6 +19,9 @@
 //! separate, by default loopback-only, address; the public router ([`router`]) serves `/collect`,
 //! `/healthz` and `/readyz`.
 //!
+//! Every answer carries an `X-Request-Id`, the client's or a new one, and every log line about
+//! the request carries the same id ([`request_id`]).
+//!
 //! Not guaranteed: a client whose connection drops after the WAL append but before the response
 //! will retry and may store the batch twice (unless it sends an `Idempotency-Key`).
 
@@ -26,6 +29,7 @@ pub mod auth;
 mod body;
 pub mod cors;
 mod error;
+pub mod request_id;
 pub mod server;
 mod state;
 mod status;

@@ -23,6 +23,7 @@ use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
 use super::auth::{Client, ClientId};
+use super::request_id;
 use super::state::{IngestState, ServerOptions};
 use super::validate::EventLimits;
 use super::{body, cors, status, validate, IngestError};
@@ -71,7 +72,8 @@ fn client_scope(client: Option<&ClientId>) -> Vec<u8> {
 }
 
 /// The public router: `POST /collect` (behind CORS and API keys, when configured), `/healthz`
-/// and `/readyz`. Anything else, the status page and `/metrics` included, is a JSON 404.
+/// and `/readyz`. Anything else, the status page and `/metrics` included, is a JSON 404. Every
+/// answer carries an `X-Request-Id` ([`request_id`]).
 pub fn router(state: Arc<IngestState>) -> Router {
     // The CORS guard wraps every answer of /collect, its 405s included (hence the method
     // router's own fallback), and sees preflights (OPTIONS) before they become 405s.
@@ -83,6 +85,8 @@ pub fn router(state: Arc<IngestState>) -> Router {
         .route("/readyz", get(status::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Outermost, so that every answer (CORS refusals and 404s included) carries the id.
+        .layer(middleware::from_fn(request_id::tag))
         .with_state(state)
 }
 
@@ -96,6 +100,8 @@ pub fn admin_router(state: Arc<IngestState>) -> Router {
         .route("/readyz", get(status::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Outermost, so that every answer (CORS refusals and 404s included) carries the id.
+        .layer(middleware::from_fn(request_id::tag))
         .with_state(state)
 }
 
