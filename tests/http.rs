@@ -645,3 +645,29 @@ async fn json_logs_name_the_request_each_line_is_about() {
     assert_eq!(about["origin"], "https://evil.example", "{about}");
     assert_eq!(about["level"], "DEBUG");
 }
+
+#[tokio::test]
+async fn metrics_time_every_answer_by_route_and_status_and_every_group_commit() {
+    let (c, _wal) = start(&[]);
+    assert_eq!(post(&c, &[JSON], SEED_SAMPLE).await.0, 200);
+    assert_eq!(post(&c, &[JSON], "{}").await.0, 422);
+    for path in ["/nowhere-1", "/nowhere-2"] {
+        assert_eq!(client().get(c.url(path)).send().await.unwrap().status(), 404);
+    }
+    let metrics = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let count = |series: &str| -> f64 {
+        let line =
+            metrics.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("no {series} in:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    // Histograms with buckets (le="…"), one series per route and status; unknown paths share one.
+    assert_eq!(count(r#"collector_http_request_duration_seconds_count{route="/collect",status="200"}"#), 1.0);
+    assert_eq!(count(r#"collector_http_request_duration_seconds_count{route="/collect",status="422"}"#), 1.0);
+    assert_eq!(count(r#"collector_http_request_duration_seconds_count{route="other",status="404"}"#), 2.0);
+    assert!(
+        metrics.contains(r#"collector_http_request_duration_seconds_bucket{route="/collect",status="200",le="0.5"}"#)
+    );
+    assert!(count("collector_wal_group_commit_duration_seconds_count") >= 1.0);
+    assert!(metrics.contains(r#"collector_wal_group_commit_duration_seconds_bucket{le="+Inf"}"#));
+    assert_eq!(count(&format!(r#"collector_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION"))), 1.0);
+}

@@ -1,4 +1,5 @@
-//! Request ids: one per HTTP request, on every log line about it and in its answer.
+//! Request ids and timing: one id per HTTP request, on every log line about it and in its
+//! answer; one latency observation per answer.
 //!
 //! # Contract
 //! Every request through either router gets an id: the client's `X-Request-Id` when it is a
@@ -7,13 +8,17 @@
 //! process and unlikely to repeat across processes). The request is handled inside a tracing
 //! span `request{request_id=…}`, so every line logged about it carries the id, in text and in
 //! JSON logs; and every answer, errors included, carries it back in `X-Request-Id`. Connections
-//! refused before HTTP (over `--max-connections`) get a canned answer without one.
+//! refused before HTTP (over `--max-connections`) get a canned answer without one. How long
+//! each answer took goes to `collector_http_request_duration_seconds{route, status}`, the route
+//! being the matched one (`other` for anything no route matched, so that unknown paths cannot
+//! grow the label set).
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::Instant;
 
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -32,9 +37,18 @@ pub async fn tag(req: Request, next: Next) -> Response {
     // span's level decides only whether it exists; lines show their own level): with `--log
     // warn` an info span would vanish and take the id off the warnings inside it.
     let span = tracing::error_span!("request", request_id = %id.to_str().unwrap_or_default());
+    let route = route_label(req.extensions().get::<MatchedPath>());
+    let started = Instant::now();
     let mut response = next.run(req).instrument(span).await;
+    crate::telemetry::http_request(route, response.status().as_u16(), started.elapsed());
     response.headers_mut().insert(X_REQUEST_ID.clone(), id);
     response
+}
+
+/// The metric label of a request's route: one of the routers' own paths, or `other`.
+fn route_label(matched: Option<&MatchedPath>) -> &'static str {
+    const ROUTES: [&str; 5] = ["/collect", "/healthz", "/readyz", "/", "/metrics"];
+    matched.and_then(|m| ROUTES.into_iter().find(|r| *r == m.as_str())).unwrap_or("other")
 }
 
 /// The client's id, if it is a plain token.

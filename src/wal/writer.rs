@@ -199,8 +199,9 @@ impl Group {
 /// position. Returns the first frame's sequence number.
 fn commit(log: &dyn LogStore, group: &Group, durable_tx: &watch::Sender<u64>) -> Result<u64, WalError> {
     let frames = &group.frames;
+    let started = std::time::Instant::now();
     let outcome = log.append(frames, &group.keys).and_then(|first_seq| log.sync().map(|()| first_seq));
-    crate::telemetry::wal_group_committed(frames.len());
+    crate::telemetry::wal_group_committed(frames.len(), started.elapsed());
     if let Ok(first_seq) = &outcome {
         if !frames.is_empty() {
             durable_tx.send_replace(first_seq + frames.len() as u64 - 1);
