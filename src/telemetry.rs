@@ -33,6 +33,18 @@ pub const HTTP_REQUEST_DURATION: &str = "collector_http_request_duration_seconds
 /// Histogram: how long each WAL group commit took, append and fsync together (a request's
 /// wait for durability is its queueing plus one or two of these).
 pub const WAL_COMMIT_DURATION: &str = "collector_wal_group_commit_duration_seconds";
+/// Histograms: records per delivered flusher batch, and how long it took from its first
+/// attempt to its commit (retries included). Their `_count` is the batches committed; failed
+/// attempts (aborted transactions) are `collector_flush_failed_batches_total`.
+pub const FLUSH_BATCH_RECORDS: &str = "collector_flush_batch_records";
+pub const FLUSH_BATCH_DURATION: &str = "collector_flush_batch_duration_seconds";
+/// Histogram: how long each transform batch took from its first attempt to its commit (its
+/// `_count` is the batches committed; failed attempts: `collector_transform_failed_batches_total`).
+pub const TRANSFORM_BATCH_DURATION: &str = "collector_transform_batch_duration_seconds";
+/// Gauge: how long ago the oldest record not yet confirmed by Kafka was accepted (0 when the
+/// flusher has caught up); read from the WAL at each scrape. An outage shows here as a steadily
+/// growing age.
+pub const WAL_OLDEST_PENDING_AGE: &str = "collector_wal_oldest_pending_age_seconds";
 /// Gauge, always 1, label `version`: which build is running.
 pub const BUILD_INFO: &str = "collector_build_info";
 
@@ -41,6 +53,8 @@ pub const BUILD_INFO: &str = "collector_build_info";
 const SECONDS_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
 /// Buckets of the group-commit size (records per commit, at most `--wal-group-commit-max`).
 const RECORDS_BUCKETS: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+/// Buckets of the flusher's batch size (records, at most `--flush-batch-records`).
+const BATCH_BUCKETS: [f64; 9] = [1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -53,6 +67,7 @@ pub fn install() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(WAL_GROUP_SIZE.into()), &RECORDS_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FLUSH_BATCH_RECORDS.into()), &BATCH_BUCKETS))
                 .expect("the bucket lists are not empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -108,13 +123,23 @@ pub fn wal_set_aside() {
     counter!(WAL_SET_ASIDE).increment(1);
 }
 
-pub fn wal_levels(pending: u64, disk_bytes: u64) {
+pub fn wal_levels(pending: u64, disk_bytes: u64, oldest_pending_age_ms: Option<u64>) {
     gauge!(WAL_PENDING).set(pending as f64);
     gauge!(WAL_DISK_BYTES).set(disk_bytes as f64);
+    gauge!(WAL_OLDEST_PENDING_AGE).set(oldest_pending_age_ms.unwrap_or(0) as f64 / 1000.0);
 }
 
 pub fn flush_delivered(records: usize) {
     counter!(FLUSH_DELIVERED).increment(records as u64);
+}
+
+pub fn flush_batch(records: usize, took: Duration) {
+    histogram!(FLUSH_BATCH_RECORDS).record(records as f64);
+    histogram!(FLUSH_BATCH_DURATION).record(took.as_secs_f64());
+}
+
+pub fn transform_batch_committed(took: Duration) {
+    histogram!(TRANSFORM_BATCH_DURATION).record(took.as_secs_f64());
 }
 
 pub fn flush_failed() {

@@ -671,3 +671,27 @@ async fn metrics_time_every_answer_by_route_and_status_and_every_group_commit() 
     assert!(metrics.contains(r#"collector_wal_group_commit_duration_seconds_bucket{le="+Inf"}"#));
     assert_eq!(count(&format!(r#"collector_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION"))), 1.0);
 }
+
+#[tokio::test]
+async fn with_kafka_away_the_oldest_pending_record_ages_on_metrics_and_the_status_page() {
+    // The broker points nowhere: what is accepted stays pending in the WAL.
+    let (c, _wal) = start(&[]);
+    let gauge = |metrics: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with("collector_wal_oldest_pending_age_seconds ")).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let scrape = || async { client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap() };
+    assert_eq!(gauge(&scrape().await), 0.0, "nothing pending yet");
+    assert_eq!(post(&c, &[JSON], SEED_SAMPLE).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let first = gauge(&scrape().await);
+    assert!(first >= 1.0, "accepted over a second ago: {first}");
+    // A newer record does not make the oldest younger.
+    assert_eq!(post(&c, &[JSON], SEED_SAMPLE).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(gauge(&scrape().await) > first);
+    let status: serde_json::Value =
+        client().get(c.admin_url("/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap();
+    assert!(status["oldest_pending_age_ms"].as_u64().unwrap() >= 1000, "{status}");
+    assert_eq!(status["wal"]["pending_records"], 2);
+}

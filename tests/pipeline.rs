@@ -65,6 +65,18 @@ async fn the_seed_sample_arrives_as_the_documented_row() {
     assert!(received > 1_700_000_000_000);
     assert!(raw[0].headers["collector-client"].starts_with("127.0.0.1:"));
     assert!(!raw[0].headers["collector-node"].is_empty());
+
+    // Both stages' committed batches are on /metrics, and nothing is left pending.
+    let metrics = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        let line =
+            metrics.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("no {series} in:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("collector_flush_batch_records_sum "), 1.0, "one batch of one record");
+    assert!(value("collector_flush_batch_duration_seconds_count ") >= 1.0);
+    assert!(value("collector_transform_batch_duration_seconds_count ") >= 1.0);
+    assert_eq!(value("collector_wal_oldest_pending_age_seconds "), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -271,6 +271,7 @@ impl FlushLoop<'_> {
         let offsets = self.positions.map(|p| p.offsets(last + 1));
         let (runtime, stop, backoff, refusals) = (self.runtime, self.stop, &mut self.backoff, &mut self.refusals);
         let mut set_aside = false;
+        let started = Instant::now();
         let outcome = outbox::deliver(self.outbox, &messages, offsets.as_ref(), |e| {
             let message = format!("delivering records {next}..={last} failed: {e}");
             warn!(%message, "Kafka did not take a batch; retrying it.");
@@ -294,6 +295,7 @@ impl FlushLoop<'_> {
                 self.refusals.retain(|seq, _| *seq > last);
                 f.status.ok(records.len());
                 crate::telemetry::flush_delivered(records.len());
+                crate::telemetry::flush_batch(records.len(), started.elapsed());
                 Ok(Some(last + 1))
             }
             Outcome::GaveUp if set_aside => Ok(Some(next)),

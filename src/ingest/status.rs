@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::state::IngestState;
 use crate::flush::FlushSnapshot;
-use crate::wal::WalStats;
+use crate::wal::{record, LogStore, WalStats};
 
 #[derive(Serialize)]
 struct Status {
@@ -26,12 +26,17 @@ struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     wal_fault: Option<String>,
     wal: WalStats,
+    /// How long ago the oldest record Kafka has not confirmed was accepted (absent when none is
+    /// pending, or it cannot be read now).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oldest_pending_age_ms: Option<u64>,
     flush: FlushSnapshot,
 }
 
 fn snapshot(state: &IngestState) -> Status {
     let wal = state.log.stats();
-    crate::telemetry::wal_levels(wal.pending_records, wal.disk_bytes);
+    let oldest_pending_age_ms = oldest_pending_age_ms(&*state.log, &wal);
+    crate::telemetry::wal_levels(wal.pending_records, wal.disk_bytes, oldest_pending_age_ms);
     let draining = state.draining.load(Ordering::Acquire);
     let ready = state.unready().is_none();
     Status {
@@ -46,6 +51,7 @@ fn snapshot(state: &IngestState) -> Status {
             crate::wal::WalFault::Stalled(running) => format!("a group commit has run for {running:?}"),
         }),
         wal,
+        oldest_pending_age_ms,
         flush: state.flush.snapshot(),
     }
 }
@@ -78,6 +84,7 @@ a 200 means the batch is on disk and will reach Kafka.</p>
 <tr><td>node</td><td>{node}</td></tr>
 <tr><td>uptime</td><td>{uptime}s</td></tr>
 <tr><td>WAL pending records</td><td>{pending}</td></tr>
+<tr><td>oldest pending record</td><td>{oldest}</td></tr>
 <tr><td>WAL next sequence</td><td>{next}</td></tr>
 <tr><td>delivered to Kafka through</td><td>{delivered}</td></tr>
 <tr><td>WAL segments / disk</td><td>{segments} / {disk} bytes</td></tr>
@@ -97,6 +104,9 @@ JSON: <code>curl -H 'Accept: application/json' /</code></p>
         node = html_escape(&status.node_id),
         uptime = status.uptime_secs,
         pending = status.wal.pending_records,
+        oldest = status
+            .oldest_pending_age_ms
+            .map_or("none".to_string(), |ms| format!("accepted {:.1} s ago", ms as f64 / 1000.0)),
         next = status.wal.next_seq,
         delivered = status.wal.delivered_through,
         segments = status.wal.segments,
@@ -120,8 +130,22 @@ pub async fn readyz(State(state): State<Arc<IngestState>>) -> Response {
 
 pub async fn metrics(State(state): State<Arc<IngestState>>) -> Response {
     let wal = state.log.stats();
-    crate::telemetry::wal_levels(wal.pending_records, wal.disk_bytes);
+    crate::telemetry::wal_levels(wal.pending_records, wal.disk_bytes, oldest_pending_age_ms(&*state.log, &wal));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+/// How long ago the oldest record Kafka has not confirmed was accepted, in milliseconds: read
+/// from the WAL when asked (a scrape, the status page), so it grows through an outage even
+/// while the flusher cannot reach Kafka at all. `None` when nothing is pending, or when the
+/// first pending records cannot be read now (a failed WAL refuses reads).
+fn oldest_pending_age_ms(log: &dyn LogStore, wal: &WalStats) -> Option<u64> {
+    if wal.pending_records == 0 {
+        return None;
+    }
+    // A few records, in case the first ones are quarantined or set aside.
+    let records = log.read(wal.delivered_through + 1, wal.next_seq.saturating_sub(1), 8, 1 << 20).ok()?;
+    let entry = records.iter().find_map(|r| r.frame.as_deref().and_then(|frame| record::decode(frame).ok()))?;
+    Some(crate::now_ms().saturating_sub(entry.received_at_ms))
 }
 
 fn html_escape(s: &str) -> String {

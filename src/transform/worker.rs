@@ -135,11 +135,16 @@ impl Worker<'_> {
         let offsets = self.source.offsets(batch);
         let (runtime, stop) = (self.runtime, self.stop);
         let mut backoff = Backoff::new(Duration::from_secs(5));
-        Ok(outbox::deliver(self.outbox, &messages, Some(&offsets), |e| {
+        let started = std::time::Instant::now();
+        let outcome = outbox::deliver(self.outbox, &messages, Some(&offsets), |e| {
             crate::telemetry::transform_failed();
             let refused = note_refusals(e, batch, &sources, poisoned);
             retry_in_place(e, refused, runtime, stop, &mut backoff, batch.len())
-        })?)
+        })?;
+        if matches!(outcome, Outcome::Delivered(_)) {
+            crate::telemetry::transform_batch_committed(started.elapsed());
+        }
+        Ok(outcome)
     }
 
     /// What follows a batch's delivery: commit (at-least-once), or read it again.
