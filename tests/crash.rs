@@ -15,26 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Deterministic pseudo-random pauses; the seed is printed so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Self {
-        let seed = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-        });
-        eprintln!("crash test seed: CRASH_SEED={seed}");
-        Rng(seed)
-    }
-
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        lo + self.0 % (hi - lo)
-    }
-}
-
 /// Waits for every acknowledged id, then checks the exactly-once property.
 fn verify_exactly_once(brokers: &str, topic: &str, load: &LoadOutcome, what: &str) {
     eprintln!("{what}: events attempted {}, retries {}", load.attempted, load.retries);
@@ -66,7 +46,7 @@ async fn the_collector_killed_ten_times_under_load_loses_and_duplicates_nothing(
     let brokers = brokers();
     let topics = Topics::new(&brokers);
     let wal = tempfile::tempdir().unwrap();
-    let mut rng = Rng::new();
+    let mut rng = Rng::from_env("CRASH_SEED", "crash test");
     let node = unique("t");
     let mut transform = start_transform(&topics, &node);
     let serve = Collector::start("serve", wal.path(), 0, &topics.args("serve"));
@@ -102,7 +82,7 @@ async fn the_transform_worker_killed_ten_times_under_load_loses_and_duplicates_n
     let brokers = brokers();
     let topics = Topics::new(&brokers);
     let wal = tempfile::tempdir().unwrap();
-    let mut rng = Rng::new();
+    let mut rng = Rng::from_env("CRASH_SEED", "crash test");
     let serve = Collector::start("serve", wal.path(), 0, &topics.args("serve"));
     // The same node id across restarts: each new worker fences its killed predecessor.
     let node = unique("t");

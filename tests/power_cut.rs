@@ -33,26 +33,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Deterministic pseudo-random pauses; the seed is printed so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(test: &str) -> Self {
-        let seed = std::env::var("POWER_CUT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-        });
-        eprintln!("{test}: seed POWER_CUT_SEED={seed}");
-        Rng(seed)
-    }
-
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        lo + self.0 % (hi - lo)
-    }
-}
-
 /// Cuts per variant: `POWER_CUTS`, default 5 (the short variant run by `scripts/test.sh`).
 fn power_cuts() -> usize {
     std::env::var("POWER_CUTS").ok().map_or(5, |s| s.parse().expect("POWER_CUTS must be a number"))
@@ -249,7 +229,7 @@ async fn power_cuts_under_load(test: &str, broker: Broker) {
     let brokers = brokers();
     let topics = Topics::new(&brokers);
     let cuts = power_cuts();
-    let mut rng = Rng::new(test);
+    let mut rng = Rng::from_env("POWER_CUT_SEED", test);
     // The WAL directory exists durably before the collector first starts, as an operator's would.
     let wal = fs.mnt.join("wal");
     std::fs::create_dir(&wal).unwrap();

@@ -19,6 +19,29 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 pub const SEED_SAMPLE: &str = r#"{"events":[{"event_type":"product_view","event_time":1750867000000,"user_id":"user_test","product_id":"prod_demo"}],"ctx":{"browser":"Firefox","device":"Desktop","version":"126.0"}}"#;
 
+/// Deterministic pseudo-random numbers (xorshift) for the crash and power-cut tests' pauses:
+/// the seed comes from the environment variable `var` or the clock, and is printed so that a
+/// failing run can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn from_env(var: &str, label: &str) -> Self {
+        let seed = std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+        });
+        eprintln!("{label}: seed {var}={seed}");
+        Rng(seed)
+    }
+
+    /// A number in `lo..hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        lo + self.0 % (hi - lo)
+    }
+}
+
 /// The broker the tests use: `COLLECTOR_TEST_BROKERS`, default the local script's broker.
 pub fn brokers() -> String {
     let brokers = std::env::var("COLLECTOR_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
