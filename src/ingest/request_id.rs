@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -37,7 +37,7 @@ pub async fn tag(req: Request, next: Next) -> Response {
     // span's level decides only whether it exists; lines show their own level): with `--log
     // warn` an info span would vanish and take the id off the warnings inside it.
     let span = tracing::error_span!("request", request_id = %id.to_str().unwrap_or_default());
-    let route = route_label(req.extensions().get::<MatchedPath>());
+    let route = route_label(req.uri().path());
     let started = Instant::now();
     let mut response = next.run(req).instrument(span).await;
     crate::telemetry::http_request(route, response.status().as_u16(), started.elapsed());
@@ -45,10 +45,11 @@ pub async fn tag(req: Request, next: Next) -> Response {
     response
 }
 
-/// The metric label of a request's route: one of the routers' own paths, or `other`.
-fn route_label(matched: Option<&MatchedPath>) -> &'static str {
+/// The metric label of a request's route: one of the routers' own paths (all of them fixed
+/// paths, so the request's path is its route), or `other`.
+fn route_label(path: &str) -> &'static str {
     const ROUTES: [&str; 5] = ["/collect", "/healthz", "/readyz", "/", "/metrics"];
-    matched.and_then(|m| ROUTES.into_iter().find(|r| *r == m.as_str())).unwrap_or("other")
+    ROUTES.into_iter().find(|r| *r == path).unwrap_or("other")
 }
 
 /// The client's id, if it is a plain token.
