@@ -45,6 +45,10 @@ pub const TRANSFORM_BATCH_DURATION: &str = "collector_transform_batch_duration_s
 /// flusher has caught up); read from the WAL at each scrape. An outage shows here as a steadily
 /// growing age.
 pub const WAL_OLDEST_PENDING_AGE: &str = "collector_wal_oldest_pending_age_seconds";
+/// Gauge, label `partition`: messages of the raw topic's partition this transform worker has
+/// not read yet (0 for partitions it does not own; sum over workers per partition). Refreshed
+/// every 5 s from librdkafka's statistics.
+pub const TRANSFORM_LAG: &str = "collector_transform_consumer_lag_messages";
 /// Gauge, always 1, label `version`: which build is running.
 pub const BUILD_INFO: &str = "collector_build_info";
 
@@ -152,6 +156,10 @@ pub fn flush_delivered(records: usize) {
 pub fn flush_batch(records: usize, took: Duration) {
     histogram!(FLUSH_BATCH_RECORDS).record(records as f64);
     histogram!(FLUSH_BATCH_DURATION).record(took.as_secs_f64());
+}
+
+pub fn transform_lag(partition: i32, messages: i64) {
+    gauge!(TRANSFORM_LAG, "partition" => partition.to_string()).set(messages as f64);
 }
 
 pub fn transform_batch_committed(took: Duration) {

@@ -77,6 +77,25 @@ async fn the_seed_sample_arrives_as_the_documented_row() {
     assert!(value("collector_flush_batch_duration_seconds_count ") >= 1.0);
     assert!(value("collector_transform_batch_duration_seconds_count ") >= 1.0);
     assert_eq!(value("collector_wal_oldest_pending_age_seconds "), 0.0);
+
+    // The transform's lag per partition of the raw topic, from librdkafka's statistics (every
+    // 5 s): one gauge per partition, all at 0 once the one message is read.
+    let lags = |metrics: &str| -> Vec<f64> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("collector_transform_consumer_lag_messages{partition="))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        seen = lags(&client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap());
+        if !seen.is_empty() && seen.iter().all(|lag| *lag == 0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(!seen.is_empty() && seen.iter().all(|lag| *lag == 0.0), "lag per partition: {seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,8 +32,10 @@ pub fn error(error: KafkaError, reason: &str) {
 
 /// Implements `ClientContext` for a context type by routing librdkafka's logs and errors
 /// through [`log`] and [`error`]: the one place every client of the collector logs from.
+/// `stats: path` also hands librdkafka's statistics (sent every `statistics.interval.ms`, when
+/// the client sets it) to that function.
 macro_rules! logs_to_tracing {
-    ($context:ty) => {
+    ($context:ty $(, stats: $stats:path)?) => {
         impl rdkafka::client::ClientContext for $context {
             fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
                 $crate::kafka::context::log(level, fac, message);
@@ -42,6 +44,12 @@ macro_rules! logs_to_tracing {
             fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
                 $crate::kafka::context::error(error, reason);
             }
+
+            $(
+                fn stats(&self, statistics: rdkafka::Statistics) {
+                    $stats(statistics);
+                }
+            )?
         }
     };
 }

@@ -74,7 +74,26 @@ pub struct RebalanceWatch {
     happened: AtomicBool,
 }
 
-crate::kafka::logs_to_tracing!(RebalanceWatch);
+crate::kafka::logs_to_tracing!(RebalanceWatch, stats: report_lag);
+
+/// How often librdkafka reports the consumer's statistics, and so the lag per partition.
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
+/// Sets the consumer-lag gauge of every partition of the raw topic from librdkafka's
+/// statistics: the messages between what this worker has read and the partition's last stable
+/// offset (`consumer_lag_stored`; the committed offset librdkafka tracks does not see offsets
+/// committed through a producer's transaction). 0 for partitions this worker does not own, so
+/// that a sum over workers is each partition's lag.
+fn report_lag(statistics: rdkafka::Statistics) {
+    for topic in statistics.topics.values() {
+        for (partition, stats) in &topic.partitions {
+            // -1 is librdkafka's internal "unassigned" partition.
+            if *partition >= 0 {
+                crate::telemetry::transform_lag(*partition, stats.consumer_lag_stored.max(0));
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceWatch {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -127,6 +146,7 @@ impl KafkaSource {
             ("session.timeout.ms", &session_timeout),
             ("heartbeat.interval.ms", &heartbeat),
             ("enable.auto.commit", "false"),
+            ("statistics.interval.ms", STATISTICS_INTERVAL_MS),
             ("auto.offset.reset", "earliest"),
             ("isolation.level", "read_committed"),
             ("enable.partition.eof", "false"),
