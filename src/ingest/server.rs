@@ -79,28 +79,24 @@ pub fn router(state: Arc<IngestState>) -> Router {
     // router's own fallback), and sees preflights (OPTIONS) before they become 405s.
     let cors = Arc::new(state.options.cors.clone());
     let collect = post(collect).fallback(method_not_allowed).layer(middleware::from_fn_with_state(cors, cors::guard));
-    Router::new()
-        .route("/collect", collect)
-        .route("/healthz", get(status::healthz))
-        .route("/readyz", get(status::readyz))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        // Outermost, so that every answer (CORS refusals and 404s included) carries the id.
-        .layer(middleware::from_fn(request_id::tag))
-        .with_state(state)
+    with_common_routes(Router::new().route("/collect", collect), state)
 }
 
 /// The admin router: the status page `/`, `/metrics`, `/healthz` and `/readyz`; nothing that
 /// takes data. It reports on the same state as the public router.
 pub fn admin_router(state: Arc<IngestState>) -> Router {
-    Router::new()
-        .route("/", get(status::home))
-        .route("/metrics", get(status::metrics))
+    with_common_routes(Router::new().route("/", get(status::home)).route("/metrics", get(status::metrics)), state)
+}
+
+/// What both routers add to their own routes: `/healthz`, `/readyz`, the JSON 404 and 405
+/// fallbacks, and request ids (the outermost layer, so that every answer, CORS refusals and
+/// 404s included, carries one).
+fn with_common_routes(routes: Router<Arc<IngestState>>, state: Arc<IngestState>) -> Router {
+    routes
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Outermost, so that every answer (CORS refusals and 404s included) carries the id.
         .layer(middleware::from_fn(request_id::tag))
         .with_state(state)
 }
