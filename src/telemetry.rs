@@ -2,10 +2,9 @@
 //! never as a string literal elsewhere.
 
 use std::sync::OnceLock;
-
-use metrics::{counter, gauge, histogram};
 use std::time::Duration;
 
+use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const REQUESTS_ACCEPTED: &str = "collector_requests_accepted_total";

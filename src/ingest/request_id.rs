@@ -10,8 +10,8 @@
 //! JSON logs; and every answer, errors included, carries it back in `X-Request-Id`. Connections
 //! refused before HTTP (over `--max-connections`) get a canned answer without one. How long
 //! each answer took goes to `collector_http_request_duration_seconds{route, status}`, the route
-//! being the matched one (`other` for anything no route matched, so that unknown paths cannot
-//! grow the label set).
+//! being the routers' path the request asked for (`other` for any other path, so that unknown
+//! paths cannot grow the label set; a route added to a router needs adding to [`route_label`]).
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -34,9 +34,7 @@ struct Status {
 }
 
 fn snapshot(state: &IngestState) -> Status {
-    let wal = state.log.stats();
-    let oldest_pending_age_ms = oldest_pending_age_ms(&*state.log, &wal);
-    crate::telemetry::wal_levels(wal.pending_records, wal.disk_bytes, oldest_pending_age_ms);
+    let (wal, oldest_pending_age_ms) = wal_levels(state);
     let draining = state.draining.load(Ordering::Acquire);
     let ready = state.unready().is_none();
     Status {
@@ -129,9 +127,17 @@ pub async fn readyz(State(state): State<Arc<IngestState>>) -> Response {
 }
 
 pub async fn metrics(State(state): State<Arc<IngestState>>) -> Response {
-    let wal = state.log.stats();
-    crate::telemetry::wal_levels(wal.pending_records, wal.disk_bytes, oldest_pending_age_ms(&*state.log, &wal));
+    wal_levels(&state);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+/// The WAL's figures and its oldest pending record's age, read now and published as the WAL
+/// gauges (what the status page and a scrape both show).
+fn wal_levels(state: &IngestState) -> (WalStats, Option<u64>) {
+    let wal = state.log.stats();
+    let oldest_pending_age_ms = oldest_pending_age_ms(&*state.log, &wal);
+    crate::telemetry::wal_levels(wal.pending_records, wal.disk_bytes, oldest_pending_age_ms);
+    (wal, oldest_pending_age_ms)
 }
 
 /// How long ago the oldest record Kafka has not confirmed was accepted, in milliseconds: read

@@ -149,11 +149,13 @@ fn record_key<'a>(stack: &mut [Frame<'a>], keys: &mut Keys<'a>, name: Cow<'a, [u
 /// might not (then run it). Costs a pass over the tape and three vectorised searches of the
 /// bytes instead of [`check`]'s byte-by-byte scan with its key bookkeeping.
 pub fn surely_strict(raw: &[u8], envelope: &Envelope<'_>) -> bool {
-    // A `\u` escape is the one place where the parser's unescaping and `check`'s could differ
-    // (lone surrogates); without one, keys on the tape are exactly the keys `check` compares.
-    // The smallest byte per 256 (a loop without an early exit, which the compiler vectorises).
+    // Control bytes: the smallest byte per 256 (a loop without an early exit, which the
+    // compiler vectorises).
     !raw.chunks(256).any(|chunk| chunk.iter().copied().min().is_some_and(|least| least < 0x20))
         && memchr::memmem::find(raw, b"-0").is_none()
+        // A `\u` escape is the one place where the parser's unescaping and `check`'s could
+        // differ (lone surrogates); without one, keys on the tape are exactly the keys `check`
+        // compares.
         && memchr::memmem::find(raw, b"\\u").is_none()
         && tape_is_strict(&envelope.tape)
 }
@@ -166,20 +168,16 @@ fn tape_is_strict(tape: &[Node<'_>]) -> bool {
         while open.last().is_some_and(|&end| end <= at) {
             open.pop();
         }
-        match node {
-            Node::Object { len, .. } => {
-                if open.len() == MAX_DEPTH || !keys_unique(tape, at, *len) {
+        if let Node::Object { .. } | Node::Array { .. } = node {
+            if open.len() == MAX_DEPTH {
+                return false;
+            }
+            if let Node::Object { len, .. } = node {
+                if !keys_unique(tape, at, *len) {
                     return false;
                 }
-                open.push(at + span(node));
             }
-            Node::Array { .. } => {
-                if open.len() == MAX_DEPTH {
-                    return false;
-                }
-                open.push(at + span(node));
-            }
-            _ => {}
+            open.push(at + span(node));
         }
     }
     true
