@@ -8,6 +8,7 @@
 #
 #   loadtest/ack.sh
 #   ROUNDS=3 SECS=10 RATE=1000 loadtest/ack.sh
+#   FLAGS='-X linger.ms=5' loadtest/ack.sh        # extra collector flags, for both modes
 #
 # Starts a Kafka on KAFKA_PORT (default 9692, controller KAFKA_CONTROLLER_PORT 9693) if none
 # answers there, and stops it again. Ports ACK_PORT (default 18790) to ACK_PORT+2. Needs jq.
@@ -39,7 +40,7 @@ start_floor "$FLOOR_PORT"
 
 # One line of the table from the summary `$WORK/$2.json`; $1 = row label, $3 = the floor's req/s.
 row() {
-  jq -r --arg label "$1" --arg floor "$3" '[$label, (if .rate then "open \(.rate | floor)/s" else "closed c=\(.connections)" end), (.req_per_s | floor),
+  jq -r --arg name "$1" --arg floor "$3" '[$name, (if .rate then "open \(.rate | floor)/s" else "closed c=\(.connections)" end), (.req_per_s | floor),
       (if $floor == "" then "" else (.req_per_s / ($floor | tonumber) * 100 | round / 100 | tostring) end),
       .latency_ms.p50, .latency_ms.p99, .latency_ms.p99_9, (.errors | to_entries | map("\(.key): \(.value)") | join(", "))]
     | @tsv' "$WORK/$2.json" | awk -F'\t' '{printf "%-8s %-12s %8s %7s %9.2f %9.2f %9.2f  %s\n", $1, $2, $3, $4, $5, $6, $7, $8}'
@@ -52,7 +53,7 @@ for round in $(seq 1 "$ROUNDS"); do
   modes=(wal kafka)
   if ((round % 2 == 0)); then modes=(kafka wal); fi
   for mode in "${modes[@]}"; do
-    start_collector serve "ack-$round-$mode-$RANDOM" --brokers "$BROKERS" --ack "$mode"
+    start_collector serve "ack-$round-$mode-$RANDOM" --brokers "$BROKERS" --ack "$mode" ${FLAGS:-}
     measure "$mode-$round" "$COLLECTOR_PORT" --idempotency-key >/dev/null
     row "$round-$mode" "$mode-$round" "$floor"
     measure "$mode-$round-open" "$COLLECTOR_PORT" --idempotency-key --rate "$RATE" >/dev/null

@@ -172,7 +172,7 @@ time_copy() {
   helper_pid=""
 }
 time_copy transform "$ID-tf-group" "$ID-tf-rows" \
-  "$COLLECTOR_BIN" transform --brokers "$BROKERS" --node-id "$ID-tf" --group-id "$ID-tf-group" \
+  "$COLLECTOR_BIN" transform --brokers "$BROKERS" --node-id "$ID-tf" --group-id "$ID-tf-group" --admin-listen none \
   --raw-topic "$ID-tf-raw" --transformed-topic "$ID-tf-rows" --dead-letter-topic "$ID-tf-dlq" --log warn
 time_copy transform-floor "$ID-tf-copy-group" "$ID-tf-copy" \
   "$FLOOR_TOOL" copy --brokers "$BROKERS" --from "$ID-tf-raw" --to "$ID-tf-copy" --group "$ID-tf-copy-group" --node "$ID-tf"

@@ -209,6 +209,11 @@ fn copy(brokers: &str, from: &str, to: &str, group: &str, node: &str) -> Result<
         }
         let group_metadata = consumer.group_metadata().ok_or("no consumer group metadata")?;
         producer.send_offsets_to_transaction(&next_offsets(&batch)?, &group_metadata, CALL_TIMEOUT)?;
+        // Delivery reports served as they come, as the worker does: rust-rdkafka's commit
+        // flushes in 100 ms polls that run to their end (see the collector's outbox).
+        while producer.in_flight_count() > 0 {
+            producer.poll(Duration::from_millis(1));
+        }
         producer.commit_transaction(CALL_TIMEOUT)?;
     }
 }

@@ -339,27 +339,55 @@ fn serve_admin(
     (stop, task)
 }
 
-/// Runs only the transform worker until `shutdown` resolves or the worker fails.
+/// Runs only the transform worker until `shutdown` resolves or the worker fails, with its
+/// admin listener (`/metrics`, `/healthz`, `/readyz`) on `admin` if given.
 ///
 /// # Errors
-/// A permanent Kafka error, such as an invalid configuration or being fenced.
+/// An admin address that cannot be bound; a permanent Kafka error, such as an invalid
+/// configuration or being fenced.
 pub async fn run_transform(
     kafka: KafkaSettings,
     options: TransformOptions,
     node: NodeId,
+    admin: Option<SocketAddr>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AppError> {
+    let (stopping, stopping_rx) = watch::channel(false);
+    let admin = match admin {
+        Some(addr) => {
+            let (listener, bound) = bind(addr, "admin").await?;
+            info!(addr = %bound, "Admin listening. /metrics, /healthz, /readyz.");
+            let app = transform::admin::router(crate::telemetry::install(), stopping_rx.clone());
+            let mut stopped = stopping_rx.clone();
+            // A loopback listener for scrapes: axum's own server, without ingest's guards.
+            Some(tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+                    warn!(error = %e, "The admin listener failed.");
+                }
+            }))
+        }
+        None => None,
+    };
     let (stop, worker_stop) = Stop::new();
     let (failed, mut failed_rx) = watch::channel(false);
-    let worker = transform::spawn(kafka, options, node, tokio::runtime::Handle::current(), worker_stop);
+    let worker = transform::spawn(kafka, options, node.clone(), tokio::runtime::Handle::current(), worker_stop);
     let worker = watch_stage(worker, "transform worker", failed);
+    info!(%node, "Transform worker started.");
     tokio::select! {
         () = shutdown => {}
         _ = failed_rx.wait_for(|f| *f) => {}
     }
     info!("Shutting down the transform worker.");
+    let _ = stopping.send(true);
     stop.stop_now();
-    bounded(worker, STAGE_EXIT_GRACE + Duration::from_secs(5), "transform worker").await
+    let stopped = bounded(worker, STAGE_EXIT_GRACE + Duration::from_secs(5), "transform worker").await;
+    if let Some(admin) = admin {
+        let _ = tokio::time::timeout(ADMIN_EXIT_GRACE, admin).await;
+    }
+    stopped
 }
 
 /// How long a stage may take to stop after its deadline (or its stop signal). Giving up on a

@@ -82,6 +82,11 @@ pub struct TransformCmd {
     /// restarts so a restarted worker aborts what its crashed predecessor left open.
     #[arg(long, env = "COLLECTOR_NODE_ID")]
     pub node_id: Option<String>,
+    /// Address of the worker's admin listener: `/metrics`, `/healthz`, `/readyz`. Loopback by
+    /// default, and a port of its own so a worker runs beside `collector serve` (8001); `none`
+    /// turns it off.
+    #[arg(long, env = "COLLECTOR_ADMIN_LISTEN", default_value = "127.0.0.1:8002")]
+    pub admin_listen: AdminListen,
     #[command(flatten)]
     pub transform: TransformArgs,
     #[command(flatten)]
@@ -215,7 +220,9 @@ pub struct FlushArgs {
     /// About this many MiB per Kafka batch at most.
     #[arg(long, env = "COLLECTOR_FLUSH_BATCH_MIB", default_value_t = 8)]
     pub flush_batch_mib: u64,
-    /// Producer linger.ms for the raw topic.
+    /// Producer linger.ms for the raw topic. Longer lingers make fuller produce requests: a
+    /// WAL backlog drained 1.3-1.5× as fast with 20 ms as with 5 ms (loadtest/PROFILE.md,
+    /// "Fourth step"); but each batch waits for it, which `--ack kafka` requests pay as latency.
     #[arg(long, env = "COLLECTOR_FLUSH_LINGER_MS", default_value_t = 20)]
     pub flush_linger_ms: u64,
     /// Producer message.timeout.ms; a message not confirmed in this time is resent.

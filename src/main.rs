@@ -62,8 +62,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Command::Transform(args) => {
                 let (kafka, node, options) = args.worker().context("invalid configuration")?;
+                let admin = args.admin_listen.0;
                 tokio::select! {
-                    stopped = app::run_transform(kafka, options, node, signals.received(1)) => stopped?,
+                    stopped = app::run_transform(kafka, options, node, admin, signals.received(1)) => stopped?,
                     () = signals.received(2) => {
                         // Safe: the batch in hand is not committed, so it is read again.
                         warn!("A second signal: exiting now, without waiting for the worker.");

@@ -428,7 +428,9 @@ fn spawn_transform(topics: &Topics, node: &str, extra: &[&str]) -> (std::process
         use std::io::BufRead;
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("[transform] {line}");
-            sink.lock().unwrap().push_str(&line);
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
         }
     });
     (child, log)
@@ -478,6 +480,62 @@ async fn a_second_transform_worker_with_the_same_node_id_fences_the_first_which_
     assert!(rows.iter().any(|r| r.value.contains("\"b1\"")), "worker B delivers: {rows:?}");
     let _ = b.kill();
     let _ = b.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_run_alone_serves_its_metrics_and_readiness_on_its_admin_listener() {
+    let brokers = brokers();
+    let topics = Topics::new(&brokers);
+    let wal = tempfile::tempdir().unwrap();
+    let c = Collector::start("serve", wal.path(), 0, &topics.args("serve"));
+    let (mut worker, log) = spawn_transform(&topics, &unique("w"), &["--log", "warn,collector::app=info"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let admin = loop {
+        let found = log.lock().unwrap().lines().find(|l| l.contains("Admin listening")).map(|l| {
+            let addr = l.split("addr=").nth(1).expect("the line names the address");
+            addr.split_whitespace().next().unwrap().to_string()
+        });
+        if let Some(addr) = found {
+            break addr;
+        }
+        assert!(std::time::Instant::now() < deadline, "the worker never said where its admin listener is");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for i in 0..3 {
+        assert_eq!(post(&client(), &c, event_body(&format!("w{i}"), "u")).await.status(), 200);
+    }
+    assert_eq!(read(&brokers, &topics.transformed, 3, 0).await.len(), 3);
+
+    // The worker's own figures: the rows it produced, its batches, and its lag per partition
+    // (from librdkafka's statistics, every 5 s) down to 0.
+    let get = |path: &str| client().get(format!("http://{admin}{path}")).send();
+    let mut metrics = String::new();
+    for _ in 0..40 {
+        metrics = get("/metrics").await.unwrap().text().await.unwrap();
+        let lags: Vec<&str> =
+            metrics.lines().filter(|l| l.starts_with("collector_transform_consumer_lag_messages{")).collect();
+        if !lags.is_empty() && lags.iter().all(|l| l.ends_with(" 0")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(metrics.lines().any(|l| l == "collector_transform_rows_total 3"), "{metrics}");
+    assert!(metrics.contains("collector_transform_batch_duration_seconds_count"), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("collector_transform_consumer_lag_messages{"))
+            .all(|l| l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get("/collect").await.unwrap().status(), 404, "a worker takes no events");
+
+    let pid = worker.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = exit_within(&mut worker, Duration::from_secs(30)).await.expect("the worker did not stop");
+    assert!(status.success(), "{status:?}");
 }
 
 /// `kill -TERM <pid>`, without waiting.

@@ -15,6 +15,7 @@
 //! At-least-once: offsets are committed after Kafka confirmed every row; a crash (or rebalance)
 //! in between produces the batch's rows again.
 
+pub mod admin;
 /// Public only for the fuzz targets (`fuzz/`); the worker is its one real caller.
 #[doc(hidden)]
 pub mod outs;

@@ -97,6 +97,10 @@ impl Topics {
             // A group per test: tests sharing a group would rebalance each other.
             args.extend(["--group-id".into(), format!("{}-group", self.raw)]);
         }
+        if mode == "transform" {
+            // Many workers run at once in the tests: each on a port of its own.
+            args.extend(["--admin-listen".into(), "127.0.0.1:0".into()]);
+        }
         args
     }
 }
