@@ -3,9 +3,17 @@
 //! `BaseProducer` with a `usize` delivery opaque is much cheaper per message than awaiting
 //! `FutureProducer` futures; the opaque is the message's index in the caller's batch, so a
 //! caller can resend exactly the messages that failed.
+//!
+//! Delivery reports are served in slices of [`POLL_SLICE`]: rust-rdkafka 0.39's
+//! `BaseProducer::poll` keeps polling until its timeout even after it served an event, and its
+//! `flush` (which `commit_transaction` calls first) polls in 100 ms slices; every batch and
+//! every transaction took at least 100 ms however quickly Kafka answered (15-30 ms for a small
+//! transaction here). That capped `--ack kafka` at one batch per 100 ms and was most of the
+//! flusher's time per batch (loadtest/PROFILE.md, "Fourth step"). A slice waits on librdkafka's
+//! queue, so this does not spin.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -80,7 +88,7 @@ impl<'p> Batch<'p> {
                 Err((e, returned)) => {
                     self.producer.context().state.lock().expect("tracking lock poisoned").outstanding -= 1;
                     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
-                        self.producer.poll(Duration::from_millis(50));
+                        self.producer.poll(POLL_SLICE);
                         record = returned;
                         continue;
                     }
@@ -95,17 +103,30 @@ impl<'p> Batch<'p> {
         self.producer.context().state.lock().expect("tracking lock poisoned").failed.clone()
     }
 
+    /// Polls until every enqueued message was confirmed or failed, for at most `timeout`;
+    /// true if none is outstanding any more. Before a commit: rust-rdkafka's own flush then
+    /// finds nothing outstanding and returns at once (see the module notes).
+    pub fn settle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.producer.context().state.lock().expect("tracking lock poisoned").outstanding == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.producer.poll(POLL_SLICE);
+        }
+    }
+
     /// Polls until every enqueued message was confirmed or failed. librdkafka fails a message
     /// after `message.timeout.ms` at the latest, so this returns in bounded time.
     pub fn wait(self) -> BatchOutcome {
-        loop {
-            {
-                let mut state = self.producer.context().state.lock().expect("tracking lock poisoned");
-                if state.outstanding == 0 {
-                    return BatchOutcome { failed: std::mem::take(&mut state.failed) };
-                }
-            }
-            self.producer.poll(Duration::from_millis(100));
-        }
+        while !self.settle(Duration::from_secs(3600)) {}
+        let mut state = self.producer.context().state.lock().expect("tracking lock poisoned");
+        BatchOutcome { failed: std::mem::take(&mut state.failed) }
     }
 }
+
+/// How long one poll for delivery reports waits: the latency it may add to a batch.
+const POLL_SLICE: Duration = Duration::from_millis(1);

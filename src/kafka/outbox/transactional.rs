@@ -132,7 +132,7 @@ impl TransactionalOutbox {
         // Committing flushes the producer: every message is delivered or the commit fails. A
         // message the broker refused for what it is (too large for the topic, say) is named, so
         // the caller can set it aside instead of retrying the batch forever.
-        deliver_promptly(producer, timeout);
+        sending.settle(timeout);
         commit(producer, timeout).map_err(|failure| {
             match sending.failures().into_iter().find(|(_, e)| super::is_poison(e)) {
                 Some((index, error)) => Failed::Refused(index, error),
@@ -319,26 +319,6 @@ fn another_call_fits(deadline: Instant, pause: Duration, timeout: Duration) -> b
 /// (a retriable commit may or may not have happened; only a repeated commit tells), for at
 /// most [`RETRY_BUDGET_CALLS`] call timeouts. A commit still failing retriably then is
 /// reported abortable: the caller aborts, which settles the transaction either way.
-/// Waits (at most `timeout`) until Kafka answered for every message of the transaction,
-/// serving the delivery reports as they come.
-///
-/// rust-rdkafka's `commit_transaction` flushes first, and its flush polls in 100 ms slices that
-/// each run to their end even once the last report was served (0.39's `BaseProducer::poll`
-/// loops until its deadline): every transaction took at least 100 ms, whatever Kafka needed
-/// (15-30 ms for a small one here), which capped `--ack kafka` at one batch per 100 ms and cost
-/// the flusher and the transform most of their time per batch (loadtest/PROFILE.md, "Fourth
-/// step"). After this, that flush finds nothing outstanding and returns at once. Slices of
-/// [`DELIVERY_POLL_SLICE`] wait on librdkafka's queue, so this does not spin.
-fn deliver_promptly(producer: &TrackingProducer, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while producer.in_flight_count() > 0 && Instant::now() < deadline {
-        producer.poll(DELIVERY_POLL_SLICE);
-    }
-}
-
-/// How long each wait of [`deliver_promptly`] lasts: the latency it may add to a commit.
-const DELIVERY_POLL_SLICE: Duration = Duration::from_millis(1);
-
 fn commit(producer: &TrackingProducer, timeout: Duration) -> Result<(), TxnFailure> {
     let deadline = retry_deadline(timeout);
     let mut attempts = 0;
