@@ -21,13 +21,17 @@ mod wal_cmd;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The exit status of a configuration that cannot work, as clap's for a flag that does not
+/// parse: restarting cannot fix it (the systemd unit's RestartPreventExitStatus).
+const INVALID_CONFIGURATION: u8 = 2;
+
 fn main() -> ExitCode {
     let Loaded { cli, origins } = match config::load(std::env::args_os()) {
         Ok(loaded) => loaded,
         Err(LoadError::Cli(e)) => e.exit(),
         Err(LoadError::Config(e)) => {
             eprintln!("collector: invalid configuration: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(INVALID_CONFIGURATION);
         }
     };
     let logs = tracing_subscriber::fmt()
@@ -55,7 +59,13 @@ fn run(command: Command, origins: &config::Origins) -> Result<ExitCode> {
         Command::Config(cmd) => return Ok(config_check(cmd, origins)),
         other => other.startup().expect("run, serve and transform start something"),
     };
-    let startup = startup.map_err(|e| anyhow!(origins.explain(&e))).context("invalid configuration")?;
+    let startup = match startup {
+        Ok(startup) => startup,
+        Err(e) => {
+            eprintln!("collector: invalid configuration: {}", origins.explain(&e));
+            return Ok(ExitCode::from(INVALID_CONFIGURATION));
+        }
+    };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let result = runtime.block_on(async move {
@@ -95,7 +105,7 @@ fn config_check(cmd: &config::ConfigCmd, origins: &config::Origins) -> ExitCode 
         }
         Err(e) => {
             eprintln!("collector: invalid configuration: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(INVALID_CONFIGURATION)
         }
     }
 }
