@@ -80,10 +80,13 @@ pub struct ConfigCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigAction {
-    /// Validate flags, environment and --config file exactly as start-up would (the WAL is not
-    /// opened, Kafka not contacted), then print every setting of the subcommand with its value
-    /// and source (flag, env, file, default) as TOML, secrets masked. Exit 1 on an invalid
-    /// setting. `collector --config FILE config check serve --listen …` checks that command.
+    /// Validate the configuration as start-up would; print every setting and its source.
+    ///
+    /// Flags, environment and --config file are validated exactly as the subcommand's start-up
+    /// would (the WAL is not opened, Kafka not contacted); then every setting of the subcommand
+    /// is printed with its value and source (flag, env, file, default) as TOML, secrets
+    /// masked. Exit 2 on an invalid setting. `collector --config FILE config check serve
+    /// --listen …` checks that command line.
     Check(CheckArgs),
 }
 
@@ -395,7 +398,8 @@ pub struct KafkaArgs {
     #[arg(long, env = "COLLECTOR_TOPIC_REPLICATION", default_value_t = 1)]
     pub topic_replication: i32,
     /// Extra librdkafka property for every client, `key=value` (repeatable; in the environment
-    /// comma-separated), e.g. `security.protocol=SASL_SSL`. Overrides the collector's defaults.
+    /// comma-separated), e.g. `security.protocol=SASL_PLAINTEXT`. Overrides the collector's
+    /// defaults, and the configuration file's [kafka.properties] entry of the same name.
     #[arg(short = 'X', long = "kafka-property", env = "COLLECTOR_KAFKA_PROPERTIES", value_delimiter = ',')]
     pub kafka_properties: Vec<String>,
 }

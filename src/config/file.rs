@@ -59,11 +59,11 @@ impl ConfigFile {
         })?;
         let reader = Reader { path, text };
         let mut file = ConfigFile { path: path.to_path_buf(), values: BTreeMap::new(), properties: Vec::new() };
-        for (key, value) in table.get_ref() {
+        for (key, value) in in_file_order(table.get_ref()) {
             let is_section = SECTIONS.iter().any(|(s, _)| !s.is_empty() && *s == key.get_ref());
             match value.get_ref() {
                 DeValue::Table(entries) if is_section => {
-                    for (key2, value2) in entries {
+                    for (key2, value2) in in_file_order(entries) {
                         reader.entry(&mut file, key.get_ref(), key2, value2)?;
                     }
                 }
@@ -157,7 +157,7 @@ impl Reader<'_> {
             ));
         };
         let mut properties = Vec::new();
-        for (name, value) in entries {
+        for (name, value) in in_file_order(entries) {
             let shown = format!("[kafka.properties] {:?}", name.get_ref());
             if name.get_ref().trim().is_empty() || name.get_ref().contains('=') {
                 return Err(self.error(name.span().start, &shown, "is not a librdkafka property name".into()));
@@ -193,6 +193,14 @@ impl Reader<'_> {
             problem,
         }
     }
+}
+
+/// A table's entries in the order the file has them (the parser sorts them by key), so that the
+/// first error reported is the first in the file.
+fn in_file_order<'t, 'i>(table: &'t DeTable<'i>) -> Vec<(&'t Spanned<Cow<'i, str>>, &'t Spanned<DeValue<'i>>)> {
+    let mut entries: Vec<_> = table.iter().collect();
+    entries.sort_by_key(|(key, _)| key.span().start);
+    entries
 }
 
 /// A TOML integer as decimal text.

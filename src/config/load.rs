@@ -111,7 +111,7 @@ where
         let from_file = file.properties.iter().map(|(name, value)| format!("{name}={value}"));
         kafka.kafka_properties = from_file.chain(kafka.kafka_properties.drain(..)).collect();
     }
-    let origins = Origins::new(&mut command, &matches, file.as_ref());
+    let origins = Origins::new(&command, &matches, file.as_ref());
     Ok(Loaded { cli, origins })
 }
 
@@ -205,9 +205,9 @@ fn leaf(matches: &ArgMatches) -> (Vec<&str>, &ArgMatches) {
 
 impl Origins {
     /// Every setting of the subcommand `matches` ran (as `command`, built by parsing them).
-    fn new(command: &mut clap::Command, matches: &ArgMatches, file: Option<&ConfigFile>) -> Origins {
+    fn new(command: &clap::Command, matches: &ArgMatches, file: Option<&ConfigFile>) -> Origins {
         let (path, leaf_matches) = leaf(matches);
-        let mut leaf_command = &*command;
+        let mut leaf_command = command;
         for name in &path {
             leaf_command = leaf_command.find_subcommand(name).expect("a matched subcommand exists");
         }
@@ -247,11 +247,6 @@ impl Origins {
             effective.push(Effective { setting, source, values, properties });
         }
         Origins { command: path.join(" "), file: file.map(|f| f.path.clone()), settings: effective }
-    }
-
-    /// The setting whose flag `flag` is (`--wal-max-mib`, `-X`), if this subcommand has it.
-    pub fn by_flag(&self, flag: &str) -> Option<&Effective> {
-        self.settings.iter().find(|e| e.setting.flag == flag)
     }
 
     /// `error`'s message, followed by the value and source of each setting it names by flag,

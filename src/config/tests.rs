@@ -214,6 +214,7 @@ fn a_file_is_held_to_the_flags_rules_and_each_error_names_file_line_and_key() {
             &["collector.toml:2: [wal] wal_max_mb: unknown setting; did you mean wal_max_mib?"],
         ),
         ("[wal]\n\nmax_events = 3\n", &[":3: [wal] max_events", "belongs in [ingest]"]),
+        ("[wal]\nzzz_first = 1\naaa_second = 2\n", &[":2: [wal] zzz_first"]),
         ("[kafka]\nkafka_properties = []\n", &["[kafka.properties]"]),
         ("[wall]\nx = 1\n", &[":1: [wall]: unknown section; did you mean [wal]?"]),
         ("wal = 3\n", &["wal: is a section"]),
