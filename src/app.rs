@@ -241,6 +241,7 @@ fn log_listening(config: &PipelineConfig, addr: SocketAddr, admin: Option<Socket
         %addr,
         %node,
         guarantee = ?config.kafka.guarantee,
+        ack = ?config.server.ack,
         transform,
         api_keys = !keys.is_open(),
         cors = config.server.cors.is_enabled(),

@@ -17,7 +17,7 @@ use thiserror::Error;
 use crate::app::{PipelineConfig, WalConfig};
 use crate::flush::FlushOptions;
 use crate::ingest::auth::{self, ApiKeys};
-use crate::ingest::{BodyLimits, Cors, EventLimits, ServerOptions};
+use crate::ingest::{Ack, BodyLimits, Cors, EventLimits, ServerOptions};
 use crate::kafka::{Guarantee, KafkaSettings, KafkaStageError, ProducerOptions, TxnTimeouts};
 use crate::node::NodeId;
 use crate::transform::{BatchLimit, TransformOptions};
@@ -260,6 +260,17 @@ pub struct IngestArgs {
     /// On shutdown, how long in-flight requests may take before connections are closed.
     #[arg(long, env = "COLLECTOR_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
     pub shutdown_grace_ms: u64,
+    /// When `/collect` answers 2xx: `wal`, once the batch is durable in the local WAL (fsync);
+    /// or `kafka`, once Kafka also confirmed it (the flusher's transaction committed), so an
+    /// acknowledged batch is replicated as the raw topic is. `kafka` costs latency (a flusher
+    /// batch and a commit on top of the fsync) and answers 503 while Kafka is away.
+    #[arg(long, env = "COLLECTOR_ACK", value_enum, default_value_t = AckPolicy::Wal)]
+    pub ack: AckPolicy,
+    /// With `--ack kafka`: how long a request waits for Kafka's confirmation before it is
+    /// answered 503 `kafka_unconfirmed` (the batch stays stored and is delivered; a retry with
+    /// the same Idempotency-Key gets its receipt).
+    #[arg(long, env = "COLLECTOR_ACK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub ack_timeout_ms: u64,
     /// Name of this collector instance: raw message headers, and the transactional ids
     /// `collector-flush-<id>` / `collector-transform-<id>`. Defaults to an id generated once and
     /// stored in the WAL, so each WAL keeps its identity across restarts.
@@ -434,6 +445,15 @@ pub enum WalAction {
     },
 }
 
+/// `--ack`: when `/collect` answers 2xx (see [`Ack`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AckPolicy {
+    /// Once the batch is durable in the local WAL.
+    Wal,
+    /// Once Kafka also confirmed the batch.
+    Kafka,
+}
+
 /// `--admin-listen`: an address, or `none`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdminListen(pub Option<SocketAddr>);
@@ -605,6 +625,12 @@ impl IngestArgs {
             max_in_flight: positive("--max-in-flight", self.max_in_flight as u64)? as usize,
             api_keys: self.api_keys()?,
             cors: Cors::new(&self.cors_origins).map_err(ConfigError::Invalid)?,
+            ack: match self.ack {
+                AckPolicy::Wal => Ack::Wal,
+                AckPolicy::Kafka => {
+                    Ack::Kafka { timeout: Duration::from_millis(positive("--ack-timeout-ms", self.ack_timeout_ms)?) }
+                }
+            },
         })
     }
 

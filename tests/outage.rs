@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -176,6 +177,103 @@ async fn sigterm_with_the_broker_down_exits_by_the_drain_deadline_and_loses_noth
     let (b, t) = (kafka.brokers(), topics.raw.clone());
     tokio::task::spawn_blocking(move || {
         assert_exactly_once(&b, &t, &acked, Duration::from_secs(120), "drain deadline, broker down")
+    })
+    .await
+    .unwrap();
+    drop(c);
+    drop(topics);
+}
+
+/// One POST of `event_body(id)` with `Idempotency-Key: id`: the status, and the body as JSON.
+async fn post_keyed(http: &reqwest::Client, c: &Collector, id: &str) -> (u16, serde_json::Value) {
+    let r = http
+        .post(c.url("/collect"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", id)
+        .body(event_body(id, "ack"))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_ack_kafka_a_200_means_kafka_has_the_batch_and_an_outage_answers_503_without_losing_a_retried_batch() {
+    let kafka = OwnKafka::start();
+    let topics = Topics::new(&kafka.brokers());
+    let wal = tempfile::tempdir().unwrap();
+    let mut args = topics.args("serve");
+    args.extend(["--ack", "kafka", "--ack-timeout-ms", "3000"].map(String::from));
+    let c = Collector::start("serve", wal.path(), 0, &args);
+    let http = reqwest::Client::new();
+    let (brokers, raw) = (kafka.brokers(), topics.raw.clone());
+    let in_kafka = |brokers: String, raw: String| async move {
+        tokio::task::spawn_blocking(move || kcat_ids(&brokers, &raw)).await.unwrap()
+    };
+
+    // 1. Broker up: every 200 comes after Kafka has the batch. An independent read_committed
+    //    reader, started only after the answer, finds it at once.
+    let mut acked = HashSet::new();
+    for i in 0..5 {
+        let id = format!("ack-up-{i}");
+        let (status, body) = post_keyed(&http, &c, &id).await;
+        assert_eq!(status, 200, "{body}");
+        let counts = in_kafka(brokers.clone(), raw.clone()).await;
+        assert_eq!(counts.get(&id), Some(&1), "{id} was answered 200 before Kafka had it");
+        acked.insert(id);
+    }
+
+    // 2. Broker down: no 200 any more. The first request is stored and waits for Kafka until
+    //    the timeout (`kafka_unconfirmed`); once the flusher knows Kafka is away, requests are
+    //    refused before anything is stored (`kafka_unavailable`) and /readyz says why.
+    kafka.script("stop");
+    let (mut unconfirmed, mut unavailable) = (Vec::new(), 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0.. {
+        assert!(Instant::now() < deadline, "the collector never refused for kafka_unavailable");
+        let id = format!("ack-down-{i}");
+        let (status, body) = post_keyed(&http, &c, &id).await;
+        assert_eq!(status, 503, "{id} was answered {status} with the broker down: {body}");
+        match body["error"]["code"].as_str().unwrap() {
+            "kafka_unconfirmed" => unconfirmed.push(id),
+            "kafka_unavailable" => unavailable += 1,
+            other => panic!("unexpected error {other}: {body}"),
+        }
+        if unavailable >= 3 {
+            break;
+        }
+    }
+    let (status, body) = ready(&c).await;
+    assert_eq!((status, body["reason"].as_str()), (503, Some("kafka_unavailable")));
+    assert!(!unconfirmed.is_empty(), "the first request after the broker left is stored and waits");
+    let pending = c.status().await["wal"]["pending_records"].as_u64().unwrap();
+    assert_eq!(pending, unconfirmed.len() as u64, "only the unconfirmed requests were stored");
+
+    // 3. Broker back: the stored batches are delivered by themselves, and a client retrying with
+    //    its Idempotency-Key gets the first attempt's receipt, stored once.
+    kafka.script("start");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for id in &unconfirmed {
+        loop {
+            let (status, body) = post_keyed(&http, &c, id).await;
+            if status == 200 {
+                assert_eq!(body["duplicate"], true, "{body}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} was never confirmed after the broker returned: {body}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        acked.insert(id.clone());
+    }
+    let counts = in_kafka(brokers.clone(), raw.clone()).await;
+    assert!(counts.keys().all(|id| acked.contains(id)), "a refused request reached Kafka: {counts:?}");
+    eprintln!(
+        "ack kafka: {} acknowledged, {} unconfirmed then retried, {unavailable} refused while Kafka was away",
+        acked.len(),
+        unconfirmed.len()
+    );
+    tokio::task::spawn_blocking(move || {
+        assert_exactly_once(&brokers, &raw, &acked, Duration::from_secs(60), "--ack kafka outage")
     })
     .await
     .unwrap();

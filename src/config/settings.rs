@@ -45,6 +45,8 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
             "body_timeout_ms",
             "header_timeout_ms",
             "shutdown_grace_ms",
+            "ack",
+            "ack_timeout_ms",
         ],
     ),
     (

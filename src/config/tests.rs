@@ -100,6 +100,16 @@ fn kafka_properties_pass_through() {
     assert_eq!(cfg.kafka.properties, vec![("linger.ms".into(), "7".into()), ("client.id".into(), "abc".into())]);
 }
 
+#[test]
+fn the_acknowledgement_policy_is_the_wal_unless_kafka_is_asked_for() {
+    assert_eq!(parse(&["serve"]).unwrap().server.ack, Ack::Wal);
+    let cfg = parse(&["serve", "--ack", "kafka", "--ack-timeout-ms", "2500"]).unwrap();
+    assert_eq!(cfg.server.ack, Ack::Kafka { timeout: Duration::from_millis(2500) });
+    let err = parse(&["serve", "--ack", "kafka", "--ack-timeout-ms", "0"]).unwrap_err();
+    assert!(err.contains("--ack-timeout-ms"), "{err}");
+    assert!(parse(&["serve", "--ack", "replicas"]).is_err());
+}
+
 // --- The configuration file -------------------------------------------------------------
 
 /// Loads `collector --config <file with toml> <args…>`; errors as start-up prints them.

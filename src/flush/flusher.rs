@@ -129,6 +129,7 @@ impl FlushLoop<'_> {
             return Ok(());
         };
         let f = self.flusher;
+        f.status.confirmed_through(next - 1);
         let mut durable = f.durable.clone();
         let mut read_failures = 0;
         info!(next_seq = next, guarantee = ?f.kafka.guarantee, "Flusher started.");
@@ -240,6 +241,7 @@ impl FlushLoop<'_> {
                 log.set_aside(seq, &format!("the WAL cannot read it: {e}")).map_err(|aside| {
                     KafkaStageError::Wal(format!("record {seq} cannot be read ({e}) nor set aside ({aside})"))
                 })?;
+                self.flusher.status.set_aside(seq);
                 Ok(Some(vec![ReadRecord { seq, frame: None }]))
             }
             Err(_) => Ok(None),
@@ -281,6 +283,7 @@ impl FlushLoop<'_> {
                 match f.log.set_aside(seq, &reason) {
                     // Read the batch again, without it.
                     Ok(()) => {
+                        f.status.set_aside(seq);
                         set_aside = true;
                         return false;
                     }
@@ -322,7 +325,10 @@ impl FlushLoop<'_> {
                 None => Ok(None),
             });
             match read {
-                Ok(position) => return Ok(Some(position)),
+                Ok(position) => {
+                    self.flusher.status.connected();
+                    return Ok(Some(position));
+                }
                 Err(e) if e.is_permanent() => return Err(e.into()),
                 Err(e) => {
                     self.flusher.status.failed(e.to_string());
@@ -386,6 +392,8 @@ impl FlushLoop<'_> {
     }
 
     fn ack(&self, seq: u64) {
+        // Kafka has them whether or not the WAL can record it.
+        self.flusher.status.confirmed_through(seq);
         if let Err(e) = self.flusher.log.ack_through(seq) {
             // Not fatal: Kafka has the records. Exactly-once mode skips them again after a
             // restart (Kafka's position wins); at-least-once mode sends them again.

@@ -26,7 +26,7 @@ mod status;
 #[doc(hidden)]
 pub use flusher::raw_messages;
 pub use flusher::{FlushOptions, Flusher};
-pub use status::{FlushSnapshot, FlushStatus};
+pub use status::{Fate, FlushSnapshot, FlushStatus};
 
 #[cfg(test)]
 mod tests;

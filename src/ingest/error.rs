@@ -46,6 +46,12 @@ pub enum IngestError {
     Overloaded,
     #[error("{0}")]
     Wal(WalError),
+    #[error("Kafka is not reachable, and this collector answers only once Kafka has a batch (--ack kafka); nothing was stored, retry later")]
+    KafkaUnavailable,
+    #[error("the batch is stored (seq {seq}) and will be delivered, but Kafka did not confirm it within {waited_ms} ms; retry with the same Idempotency-Key to get its receipt without storing it twice")]
+    KafkaUnconfirmed { seq: u64, waited_ms: u64 },
+    #[error("Kafka refused the batch (seq {seq}) for what it is, three times; it was set aside in the collector's quarantine for an operator")]
+    KafkaRefused { seq: u64 },
     #[error("this endpoint needs an API key: send it in the X-Api-Key header, as Authorization: Bearer, or (sendBeacon) as ?api_key=")]
     MissingApiKey,
     #[error("the API key is not valid")]
@@ -77,6 +83,9 @@ impl IngestError {
             IngestError::Overloaded => "overloaded",
             IngestError::Wal(e) if e.is_retryable() => "wal_unavailable",
             IngestError::Wal(_) => "wal_error",
+            IngestError::KafkaUnavailable => "kafka_unavailable",
+            IngestError::KafkaUnconfirmed { .. } => "kafka_unconfirmed",
+            IngestError::KafkaRefused { .. } => "kafka_refused",
             IngestError::MissingApiKey => "missing_api_key",
             IngestError::InvalidApiKey => "invalid_api_key",
             IngestError::OriginNotAllowed(_) => "origin_not_allowed",
@@ -99,9 +108,14 @@ impl IngestError {
             IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             IngestError::BadIdempotencyKey(_) => StatusCode::BAD_REQUEST,
             IngestError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            IngestError::Draining | IngestError::WalFull | IngestError::WalUnavailable | IngestError::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            IngestError::Draining
+            | IngestError::WalFull
+            | IngestError::WalUnavailable
+            | IngestError::Overloaded
+            | IngestError::KafkaUnavailable
+            | IngestError::KafkaUnconfirmed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            // Sending it again would be refused again.
+            IngestError::KafkaRefused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             IngestError::Wal(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Wal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             IngestError::MissingApiKey | IngestError::InvalidApiKey => StatusCode::UNAUTHORIZED,

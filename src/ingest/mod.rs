@@ -10,7 +10,11 @@
 //! request turns into; and one reading for every JSON parser (no duplicate keys, no raw control
 //! characters) ([`validate`]). Slow bodies and slow headers time out. `/collect` and `/readyz` share one readiness check ([`IngestState::unready`]):
 //! draining, a failed or stalled WAL (`wal_unavailable`), the WAL quota or its disk's free-space
-//! headroom (`wal_full`).
+//! headroom (`wal_full`); under `--ack kafka` also a flusher that cannot reach Kafka
+//! (`kafka_unavailable`).
+//!
+//! When the 2xx comes is the acknowledgement policy ([`ack`]): after the WAL's fsync (default),
+//! or also after Kafka confirmed the record (`--ack kafka`).
 //!
 //! Access ([`auth`], [`cors`]): with API keys configured, `/collect` refuses a request without a
 //! valid key (`401`) before reading its body, and hands the handler the caller's [`ClientId`];
@@ -25,6 +29,7 @@
 //! Not guaranteed: a client whose connection drops after the WAL append but before the response
 //! will retry and may store the batch twice (unless it sends an `Idempotency-Key`).
 
+pub mod ack;
 pub mod auth;
 mod body;
 pub mod cors;
@@ -35,6 +40,7 @@ mod state;
 mod status;
 pub mod validate;
 
+pub use ack::Ack;
 pub use auth::{ApiKeys, ClientId};
 pub use body::{decode_body, BodyLimits};
 pub use cors::Cors;

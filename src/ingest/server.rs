@@ -26,7 +26,7 @@ use super::auth::{Client, ClientId};
 use super::request_id;
 use super::state::{IngestState, ServerOptions};
 use super::validate::EventLimits;
-use super::{body, cors, status, validate, IngestError};
+use super::{ack, body, cors, status, validate, IngestError};
 use crate::schema::Invalid;
 use crate::wal::record::{self, Entry};
 use crate::wal::{Appended, IdempotencyKey};
@@ -114,29 +114,33 @@ async fn collect(
     let headers = &parts.headers;
     // Backpressure before anything is read: a bounded number of requests in flight (each holds
     // at most one body), and the WAL quota.
-    let _in_flight = state.in_flight.clone().try_acquire_owned().map_err(|_| IngestError::Overloaded)?;
+    let in_flight = state.in_flight.clone().try_acquire_owned().map_err(|_| IngestError::Overloaded)?;
     if let Some(unready) = state.unready() {
         return Err(unready.into());
     }
     let raw = body::read(headers, body, state.options.body).await?;
     // The quota again, counting the bodies ahead of this one that are still being appended;
     // this body is counted too until its append is done.
-    let _reservation = state.reserve(raw.len())?;
+    let reservation = state.reserve(raw.len())?;
     let peer = peer.to_string();
     let (events, frame) =
         frame_request(&raw, &state.options.limits, crate::now_ms(), &peer).map_err(IngestError::Invalid)?;
     let key = idempotency_key(headers, client_scope(client.as_ref()), &raw)?;
-    match state.writer.append(frame, key).await.map_err(IngestError::Wal)? {
-        Appended::Stored(seq) => {
-            crate::telemetry::request_accepted(events);
-            Ok(Json(Receipt { status: "ok", seq, events, duplicate: false }))
-        }
-        Appended::Duplicate(seq) => {
-            crate::telemetry::request_deduplicated();
-            Ok(Json(Receipt { status: "ok", seq, events, duplicate: true }))
-        }
-        Appended::KeyReused => Err(IngestError::IdempotencyKeyReused),
+    let (seq, duplicate) = match state.writer.append(frame, key).await.map_err(IngestError::Wal)? {
+        Appended::Stored(seq) => (seq, false),
+        Appended::Duplicate(seq) => (seq, true),
+        Appended::KeyReused => return Err(IngestError::IdempotencyKeyReused),
+    };
+    // The body is in the WAL: what bounds the memory of bodies is free before any wait for Kafka.
+    drop((raw, reservation, in_flight));
+    // A duplicate waits too: its first attempt may have been answered `kafka_unconfirmed`.
+    ack::confirmed(state.options.ack, &state.flush, seq).await?;
+    if duplicate {
+        crate::telemetry::request_deduplicated();
+    } else {
+        crate::telemetry::request_accepted(events);
     }
+    Ok(Json(Receipt { status: "ok", seq, events, duplicate }))
 }
 
 /// What `/collect` does with a body once it is read and decoded, before the WAL: validate it

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
+use super::ack::Ack;
 use super::auth::{ApiKeys, HoldsApiKeys};
 use super::body::BodyLimits;
 use super::cors::Cors;
@@ -39,6 +40,8 @@ pub struct ServerOptions {
     pub api_keys: ApiKeys,
     /// Origins whose pages may post from a browser; none: no CORS headers.
     pub cors: Cors,
+    /// When `/collect` answers 2xx.
+    pub ack: Ack,
 }
 
 /// Shared state of the handlers.
@@ -112,6 +115,8 @@ pub enum Unready {
     WalFull,
     /// The WAL's storage failed (until it is reopened) or a group commit is stalled.
     WalUnavailable,
+    /// `--ack kafka` only: the flusher cannot reach Kafka, so no request could be confirmed.
+    KafkaUnavailable,
 }
 
 impl Unready {
@@ -121,6 +126,7 @@ impl Unready {
             Unready::Draining => "draining",
             Unready::WalFull => "wal_full",
             Unready::WalUnavailable => "wal_unavailable",
+            Unready::KafkaUnavailable => "kafka_unavailable",
         }
     }
 }
@@ -131,6 +137,7 @@ impl From<Unready> for IngestError {
             Unready::Draining => IngestError::Draining,
             Unready::WalFull => IngestError::WalFull,
             Unready::WalUnavailable => IngestError::WalUnavailable,
+            Unready::KafkaUnavailable => IngestError::KafkaUnavailable,
         }
     }
 }
@@ -145,6 +152,8 @@ impl IngestState {
             Some(Unready::WalUnavailable)
         } else if self.full(self.reserved_bytes.load(Ordering::Acquire)) {
             Some(Unready::WalFull)
+        } else if self.options.ack != Ack::Wal && self.flush.failing() {
+            Some(Unready::KafkaUnavailable)
         } else {
             None
         }
