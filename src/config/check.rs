@@ -2,8 +2,9 @@
 //! opening the WAL or connecting to Kafka), and print the effective configuration as TOML
 //! (every setting of the subcommand, its value, and where it came from), secrets masked.
 //!
-//! The output is itself a valid configuration file: it can be diffed between hosts, or saved as
-//! a starting point (masked secrets then fail validation, as they should).
+//! The output is itself a configuration file that loads to the same settings (a unit test
+//! proves it): it can be diffed between hosts, or saved as a starting point once its masked
+//! secrets are written in again.
 
 use std::fmt::Write as _;
 
