@@ -1,6 +1,9 @@
-//! The command line. Every flag is also an environment variable (`COLLECTOR_…`); values are
-//! validated before anything starts, so a bad setting stops the boot instead of the first
-//! request.
+//! The command line, the environment and the configuration file. Every flag is also an
+//! environment variable (`COLLECTOR_…`) and a key of the `--config` file ([`settings`] names
+//! them); a flag beats its variable, which beats the file, which beats the default
+//! ([`load`]). Values are validated before anything starts, so a bad setting stops the boot
+//! instead of the first request; `collector config check` runs the same validation
+//! ([`check`]).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -19,6 +22,13 @@ use crate::kafka::{Guarantee, KafkaSettings, KafkaStageError, ProducerOptions, T
 use crate::node::NodeId;
 use crate::transform::{BatchLimit, TransformOptions};
 
+pub mod check;
+pub mod file;
+pub mod load;
+pub mod settings;
+
+pub use load::{load, LoadError, Loaded, Origins, Source};
+
 const MIB: u64 = 1024 * 1024;
 
 #[derive(Debug, Parser)]
@@ -32,6 +42,11 @@ pub struct Cli {
     /// Log lines as human text, or as one JSON object per line (for a log shipper).
     #[arg(long, env = "COLLECTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// TOML file of settings (deploy/collector.toml is an annotated example). Each key is a
+    /// flag's environment variable without COLLECTOR_, in lower case, in its section; a flag or
+    /// variable overrides it.
+    #[arg(long, env = "COLLECTOR_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
 }
 
 /// How log lines are written (`--log-format`).
@@ -53,6 +68,100 @@ pub enum Command {
     Transform(TransformCmd),
     /// Inspect a WAL directory (stop the collector using it first).
     Wal(WalCmd),
+    /// Check a configuration: validate it as start-up would and print the effective settings.
+    Config(ConfigCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigCmd {
+    #[command(subcommand)]
+    pub action: ConfigAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate the configuration as start-up would; print every setting and its source.
+    ///
+    /// Flags, environment and --config file are validated exactly as the subcommand's start-up
+    /// would (the WAL is not opened, Kafka not contacted); then every setting of the subcommand
+    /// is printed with its value and source (flag, env, file, default) as TOML, secrets
+    /// masked. Exit 2 on an invalid setting. `collector --config FILE config check serve
+    /// --listen …` checks that command line.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The subcommand to check, with its flags (default: run).
+    #[command(subcommand)]
+    pub mode: Option<CheckMode>,
+}
+
+/// The subcommands that start something, as `collector config check` names them.
+#[derive(Debug, Subcommand)]
+pub enum CheckMode {
+    /// Check the configuration of `collector run` (the default).
+    Run(RunArgs),
+    /// Check the configuration of `collector serve`.
+    Serve(ServeArgs),
+    /// Check the configuration of `collector transform`.
+    Transform(TransformCmd),
+}
+
+/// What `run`, `serve` or `transform` starts with, validated.
+// Built once at start-up and moved once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Startup {
+    /// `run` (with a transform worker) or `serve`.
+    Pipeline(PipelineConfig),
+    /// `transform`: Kafka, the worker's node id, its options, its admin listener.
+    Transform { kafka: KafkaSettings, node: NodeId, options: TransformOptions, admin: Option<SocketAddr> },
+}
+
+impl Command {
+    /// The validated configuration of a subcommand that starts something; `None` for `wal` and
+    /// `config`.
+    pub fn startup(&self) -> Option<Result<Startup, ConfigError>> {
+        match self {
+            Command::Run(run) => Some(run.startup()),
+            Command::Serve(serve) => Some(serve.pipeline(None).map(Startup::Pipeline)),
+            Command::Transform(transform) => Some(transform.startup()),
+            Command::Wal(_) | Command::Config(_) => None,
+        }
+    }
+}
+
+impl CheckMode {
+    /// The same validation as [`Command::startup`].
+    pub fn startup(&self) -> Result<Startup, ConfigError> {
+        match self {
+            CheckMode::Run(run) => run.startup(),
+            CheckMode::Serve(serve) => serve.pipeline(None).map(Startup::Pipeline),
+            CheckMode::Transform(transform) => transform.startup(),
+        }
+    }
+
+    fn kafka_mut(&mut self) -> &mut KafkaArgs {
+        match self {
+            CheckMode::Run(run) => &mut run.serve.kafka,
+            CheckMode::Serve(serve) => &mut serve.kafka,
+            CheckMode::Transform(transform) => &mut transform.kafka,
+        }
+    }
+}
+
+impl RunArgs {
+    fn startup(&self) -> Result<Startup, ConfigError> {
+        self.serve.pipeline(Some(&self.transform)).map(Startup::Pipeline)
+    }
+}
+
+impl TransformCmd {
+    fn startup(&self) -> Result<Startup, ConfigError> {
+        let (kafka, node, options) = self.worker()?;
+        Ok(Startup::Transform { kafka, node, options, admin: self.admin_listen.0 })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -83,9 +192,9 @@ pub struct TransformCmd {
     #[arg(long, env = "COLLECTOR_NODE_ID")]
     pub node_id: Option<String>,
     /// Address of the worker's admin listener: `/metrics`, `/healthz`, `/readyz`. Loopback by
-    /// default, and a port of its own so a worker runs beside `collector serve` (8001); `none`
-    /// turns it off.
-    #[arg(long, env = "COLLECTOR_ADMIN_LISTEN", default_value = "127.0.0.1:8002")]
+    /// default, and a port and variable of its own, so a worker runs beside `collector serve`
+    /// (8001) on one host and one environment; `none` turns it off.
+    #[arg(long, env = "COLLECTOR_TRANSFORM_ADMIN_LISTEN", default_value = "127.0.0.1:8002")]
     pub admin_listen: AdminListen,
     #[command(flatten)]
     pub transform: TransformArgs,
@@ -307,7 +416,8 @@ pub struct KafkaArgs {
     #[arg(long, env = "COLLECTOR_TOPIC_REPLICATION", default_value_t = 1)]
     pub topic_replication: i32,
     /// Extra librdkafka property for every client, `key=value` (repeatable; in the environment
-    /// comma-separated), e.g. `security.protocol=SASL_SSL`. Overrides the collector's defaults.
+    /// comma-separated), e.g. `security.protocol=SASL_PLAINTEXT`. Overrides the collector's
+    /// defaults, and the configuration file's [kafka.properties] entry of the same name.
     #[arg(short = 'X', long = "kafka-property", env = "COLLECTOR_KAFKA_PROPERTIES", value_delimiter = ',')]
     pub kafka_properties: Vec<String>,
 }
@@ -386,11 +496,20 @@ impl fmt::Debug for SecretKey {
     }
 }
 
-/// A setting that cannot work.
+/// A setting that cannot work. Each message names the setting by its flag (the file's
+/// errors by file, line and key); [`Origins::explain`] adds where a flag's value came from.
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("{0}")]
     Invalid(String),
+    #[error("{}: the configuration file cannot be read: {source}", path.display())]
+    FileUnreadable { path: PathBuf, source: std::io::Error },
+    /// Not TOML; the message has the line and column.
+    #[error("{}: {message}", path.display())]
+    FileSyntax { path: PathBuf, message: String },
+    /// An unknown section or key, a value of the wrong type, or a value its flag refuses.
+    #[error("{}:{line}: {setting}: {problem}", path.display())]
+    FileSetting { path: PathBuf, line: usize, setting: String, problem: String },
     #[error(transparent)]
     Kafka(#[from] KafkaStageError),
 }
@@ -529,7 +648,7 @@ impl IngestArgs {
     /// meant to be closed), or a key [`ApiKeys::new`] refuses, named by its place, never shown.
     fn api_keys(&self) -> Result<ApiKeys, ConfigError> {
         let mut keys: Vec<String> = self.api_keys.iter().map(|k| k.0.clone()).filter(|k| !k.is_empty()).collect();
-        ApiKeys::new(&keys).map_err(|e| ConfigError::Invalid(format!("--api-keys (COLLECTOR_API_KEYS): {e}")))?;
+        ApiKeys::new(&keys).map_err(|e| ConfigError::Invalid(format!("--api-keys: {e}")))?;
         if let Some(path) = &self.api_key_file {
             keys.extend(read_key_file(path)?);
         }
@@ -616,115 +735,4 @@ fn node_id(given: Option<&str>) -> Result<Option<NodeId>, ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(args: &[&str]) -> Result<PipelineConfig, String> {
-        let cli =
-            Cli::try_parse_from(std::iter::once("collector").chain(args.iter().copied())).map_err(|e| e.to_string())?;
-        match cli.command {
-            Command::Run(r) => r.serve.pipeline(Some(&r.transform)).map_err(|e| e.to_string()),
-            Command::Serve(s) => s.pipeline(None).map_err(|e| e.to_string()),
-            other => Err(format!("unexpected {other:?}")),
-        }
-    }
-
-    #[test]
-    fn defaults_match_the_brief() {
-        let cfg = parse(&["run"]).unwrap();
-        assert_eq!(cfg.listen.to_string(), "127.0.0.1:8000");
-        assert_eq!(cfg.kafka.brokers, "127.0.0.1:9092");
-        assert_eq!(
-            (cfg.kafka.raw_topic.as_str(), cfg.kafka.transformed_topic.as_str()),
-            ("collect-topic1", "collect-topic2")
-        );
-        assert_eq!(cfg.kafka.topic_partitions, 4);
-        assert_eq!(cfg.server.limits.max_events, 1000);
-        assert!(cfg.transform.is_some());
-        assert!(parse(&["serve"]).unwrap().transform.is_none());
-        assert_eq!(cfg.admin_listen.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:8001"));
-        assert!(cfg.server.api_keys.is_open() && !cfg.server.cors.is_enabled(), "open and without CORS by default");
-    }
-
-    #[test]
-    fn keys_from_a_file_and_the_environment_add_up_and_bad_ones_refuse_to_boot() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("keys");
-        std::fs::write(&file, "# web\nkey-from-file-0123456789\n\n").unwrap();
-        let file = file.to_str().unwrap();
-        let cfg = parse(&["serve", "--api-key-file", file, "--api-keys", "key-from-env-0123456789,"]).unwrap();
-        assert_eq!(cfg.server.api_keys.clients().len(), 2);
-        assert!(!format!("{cfg:?}").contains("key-from"), "keys never show in the configuration's Debug");
-
-        let empty = dir.path().join("empty");
-        std::fs::write(&empty, "# nothing yet\n").unwrap();
-        let err = parse(&["serve", "--api-key-file", empty.to_str().unwrap()]).unwrap_err();
-        assert!(err.contains("holds no key"), "{err}");
-        let err = parse(&["serve", "--api-key-file", "/no/such/file"]).unwrap_err();
-        assert!(err.contains("--api-key-file"), "{err}");
-        let err = parse(&["serve", "--api-keys", "short"]).unwrap_err();
-        assert!(err.contains("--api-keys") && !err.contains("short"), "{err}");
-    }
-
-    #[test]
-    fn cors_origins_and_the_admin_address_are_checked_at_start_up() {
-        let cfg = parse(&["serve", "--cors-origin", "https://shop.example", "--cors-origin", "http://localhost:3000"]);
-        assert!(cfg.unwrap().server.cors.is_enabled());
-        assert!(parse(&["serve", "--cors-origin", "https://shop.example/"]).is_err());
-        assert_eq!(parse(&["serve", "--admin-listen", "none"]).unwrap().admin_listen, None);
-        assert!(parse(&["serve", "--admin-listen", "nowhere"]).is_err());
-        let err = parse(&["serve", "--listen", "127.0.0.1:9000", "--admin-listen", "127.0.0.1:9000"]).unwrap_err();
-        assert!(err.contains("--admin-listen"), "{err}");
-        assert!(parse(&["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]).is_ok());
-    }
-
-    #[test]
-    fn bad_settings_refuse_to_boot() {
-        assert!(parse(&["run", "--max-events", "0"]).is_err());
-        assert!(parse(&["run", "--raw-topic", "bad topic"]).is_err());
-        assert!(parse(&["run", "--raw-topic", "same", "--transformed-topic", "same"]).is_err());
-        assert!(parse(&["run", "-X", "no-equals-sign"]).is_err());
-        assert!(parse(&["run", "-X", "no.such.librdkafka.property=1"]).is_err());
-        assert!(parse(&["run", "--listen", "not-an-address"]).is_err());
-        assert!(parse(&["run", "--max-body-bytes", "100", "--max-decompressed-bytes", "10"]).is_err());
-        assert!(parse(&["run", "--max-field-bytes", "0"]).is_err());
-        assert!(parse(&["run", "--max-field-bytes", "100000"]).is_err(), "rows that long do not fit Kafka");
-    }
-
-    #[test]
-    fn a_kafka_call_timeout_must_be_below_the_transaction_timeout() {
-        let cfg = parse(&["serve"]).unwrap();
-        assert_eq!(cfg.flush.producer.txn.operation, Duration::from_secs(10), "the default call timeout");
-        assert_eq!(cfg.flush.producer.txn.transaction_ms, 60_000);
-        let set = parse(&["run", "--kafka-call-timeout-ms", "2000", "--transaction-timeout-ms", "5000"]).unwrap();
-        assert_eq!(set.transform.unwrap().producer.txn.operation, Duration::from_secs(2));
-        for bad in [["--kafka-call-timeout-ms", "60000"], ["--kafka-call-timeout-ms", "0"]] {
-            let err = parse(&["serve", bad[0], bad[1]]).unwrap_err();
-            assert!(err.contains("--kafka-call-timeout-ms"), "{err}");
-        }
-        assert!(parse(&["serve", "--transaction-timeout-ms", "5000"]).is_err(), "the default 10 s is too long then");
-    }
-
-    #[test]
-    fn an_accepted_body_must_fit_a_kafka_message() {
-        assert!(parse(&["run", "--max-decompressed-bytes", "2000000"]).is_err());
-        let raised = parse(&["run", "--max-decompressed-bytes", "2000000", "-X", "message.max.bytes=4000000"]).unwrap();
-        assert_eq!(raised.kafka.max_message_bytes(), 4_000_000);
-    }
-
-    #[test]
-    fn kafka_properties_pass_through() {
-        let cfg = parse(&["run", "-X", "linger.ms=7", "-X", "client.id=abc"]).unwrap();
-        assert_eq!(cfg.kafka.properties, vec![("linger.ms".into(), "7".into()), ("client.id".into(), "abc".into())]);
-    }
-
-    #[test]
-    fn the_acknowledgement_policy_is_the_wal_unless_kafka_is_asked_for() {
-        assert_eq!(parse(&["serve"]).unwrap().server.ack, Ack::Wal);
-        let cfg = parse(&["serve", "--ack", "kafka", "--ack-timeout-ms", "2500"]).unwrap();
-        assert_eq!(cfg.server.ack, Ack::Kafka { timeout: Duration::from_millis(2500) });
-        let err = parse(&["serve", "--ack", "kafka", "--ack-timeout-ms", "0"]).unwrap_err();
-        assert!(err.contains("--ack-timeout-ms"), "{err}");
-        assert!(parse(&["serve", "--ack", "replicas"]).is_err());
-    }
-}
+mod tests;

@@ -34,7 +34,8 @@
 //!   through (a batch plus the caller's offsets, one transaction; or at-least-once).
 //! - [`node`]: the node id that names transactional producers, the position group and headers.
 //! - [`retry`]: the one backoff and stop signal every retry loop uses.
-//! - [`config`]: the command line and environment, validated at start-up.
+//! - [`config`]: the command line, environment and `--config` file (in that precedence),
+//!   validated at start-up; `collector config check`.
 //! - [`app`]: wires the stages into the `run`, `serve` and `transform` modes.
 //! - [`telemetry`]: metric names and the Prometheus recorder.
 //!

@@ -1,13 +1,12 @@
-//! The `collector` binary: parse the command line, start, wait for SIGTERM/SIGINT, drain. A
+//! The `collector` binary: read the command line, environment and configuration file, start, wait for SIGTERM/SIGINT, drain. A
 //! second signal during the drain exits at once, non-zero: what the WAL holds stays there,
 //! safe, for the next start.
 
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
-use clap::Parser;
 use collector::app::{self, Pipeline};
-use collector::config::{Cli, Command, LogFormat};
+use collector::config::{self, Command, LoadError, Loaded, LogFormat, Startup};
 use signals::Signals;
 use tracing::warn;
 use tracing_subscriber::EnvFilter;
@@ -22,8 +21,19 @@ mod wal_cmd;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The exit status of a configuration that cannot work, as clap's for a flag that does not
+/// parse: restarting cannot fix it (the systemd unit's RestartPreventExitStatus).
+const INVALID_CONFIGURATION: u8 = 2;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let Loaded { cli, origins } = match config::load(std::env::args_os()) {
+        Ok(loaded) => loaded,
+        Err(LoadError::Cli(e)) => e.exit(),
+        Err(LoadError::Config(e)) => {
+            eprintln!("collector: invalid configuration: {e}");
+            return ExitCode::from(INVALID_CONFIGURATION);
+        }
+    };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
@@ -34,7 +44,7 @@ fn main() -> ExitCode {
         // `request_id`) as `span`.
         LogFormat::Json => logs.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
     }
-    match run(cli) {
+    match run(cli.command, &origins) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("collector: {e:#}");
@@ -43,26 +53,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
-    if let Command::Wal(cmd) = &cli.command {
-        return wal_cmd::run(cmd);
-    }
+fn run(command: Command, origins: &config::Origins) -> Result<ExitCode> {
+    let startup = match &command {
+        Command::Wal(cmd) => return wal_cmd::run(cmd),
+        Command::Config(cmd) => return Ok(config_check(cmd, origins)),
+        other => other.startup().expect("run, serve and transform start something"),
+    };
+    let startup = match startup {
+        Ok(startup) => startup,
+        Err(e) => {
+            eprintln!("collector: invalid configuration: {}", origins.explain(&e));
+            return Ok(ExitCode::from(INVALID_CONFIGURATION));
+        }
+    };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let result = runtime.block_on(async move {
         let signals = Signals::listen().context("installing the signal handlers")?;
-        match cli.command {
-            Command::Run(args) => {
-                let config = args.serve.pipeline(Some(&args.transform)).context("invalid configuration")?;
-                serve(config, &signals).await
-            }
-            Command::Serve(args) => {
-                let config = args.pipeline(None).context("invalid configuration")?;
-                serve(config, &signals).await
-            }
-            Command::Transform(args) => {
-                let (kafka, node, options) = args.worker().context("invalid configuration")?;
-                let admin = args.admin_listen.0;
+        match startup {
+            Startup::Pipeline(config) => serve(config, &signals).await,
+            Startup::Transform { kafka, node, options, admin } => {
                 tokio::select! {
                     stopped = app::run_transform(kafka, options, node, admin, signals.received(1)) => stopped?,
                     () = signals.received(2) => {
@@ -73,13 +83,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Wal(_) => unreachable!("handled above"),
         }
     });
     // A stage thread may still be blocked in a Kafka call past its deadline (the pipeline
     // already gave up on it, safely); do not let the runtime wait for it.
     runtime.shutdown_timeout(app::RUNTIME_EXIT_GRACE);
     result
+}
+
+/// `collector config check`: the effective configuration on stdout, then the verdict.
+fn config_check(cmd: &config::ConfigCmd, origins: &config::Origins) -> ExitCode {
+    let checked = config::check::run(cmd, origins);
+    print!("{}", checked.effective);
+    match checked.verdict {
+        Ok(()) => {
+            println!(
+                "\n# Valid: `collector {}` would start with this configuration.",
+                origins.command.trim_start_matches("config check ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("collector: invalid configuration: {e}");
+            ExitCode::from(INVALID_CONFIGURATION)
+        }
+    }
 }
 
 async fn serve(config: app::PipelineConfig, signals: &Signals) -> Result<ExitCode> {

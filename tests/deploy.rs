@@ -1,7 +1,9 @@
-//! The deployment files are real: `deploy/collector.env.example` names only settings the binary
-//! has and boots as written, and `deploy/collector.service` gives the collector the time and the
-//! file descriptors that configuration asks for. No Kafka needed: the broker address points
-//! nowhere, which the collector rides out in its WAL.
+//! The deployment files are real: `deploy/collector.toml`, the configuration file the unit
+//! starts the collector with, boots as written; `deploy/collector.env.example` names only
+//! settings the binary has and configures the same collector as variables; and
+//! `deploy/collector.service` gives the collector the time and the file descriptors that
+//! configuration asks for. No Kafka needed: the broker address points nowhere, which the
+//! collector rides out in its WAL.
 
 mod common;
 
@@ -16,6 +18,7 @@ use collector::app::{ADMIN_EXIT_GRACE, RUNTIME_EXIT_GRACE, STAGE_EXIT_GRACE};
 use common::*;
 
 const ENV_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/collector.env.example");
+const CONFIG_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/collector.toml");
 const UNIT_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/collector.service");
 
 /// The `KEY=VALUE` assignments of an environment file in systemd's format: blank lines and
@@ -82,11 +85,35 @@ fn documented_settings() -> BTreeMap<String, Option<String>> {
     settings
 }
 
-/// The example's value of `name`, else the binary's default, as a number.
-fn setting(name: &str, example: &BTreeMap<String, String>, documented: &BTreeMap<String, Option<String>>) -> u64 {
-    let value = example.get(name).cloned().or_else(|| documented[name].clone());
-    let value = value.unwrap_or_else(|| panic!("{name} is neither in the example nor has a default"));
-    value.parse().unwrap_or_else(|_| panic!("{name}={value} is not a number"))
+/// The API key file the examples name (/etc/collector/api-keys), which `config check` reads.
+const KEY_FILE: &str = "/etc/collector/api-keys";
+
+/// What `collector config check run` prints for a configuration given by `args` (`--config
+/// FILE`, or nothing) and exactly the variables `env`. The API key file is replaced by one that
+/// exists here (the examples name [`KEY_FILE`]), and printed as the examples name it.
+fn effective(args: &[&str], env: &BTreeMap<String, String>) -> BTreeMap<String, Checked> {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("api-keys");
+    std::fs::write(&keys, "deploy-test-key-0123456789abcdef\n").unwrap();
+    let keys = keys.display().to_string();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.retain(|(k, _)| *k != "COLLECTOR_API_KEY_FILE");
+    env.push(("COLLECTOR_API_KEY_FILE", &keys));
+    let args: Vec<&str> = args.iter().copied().chain(["config", "check", "run"]).collect();
+    let out = collector_output(&args, &env);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "collector {args:?} failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let mut settings = checked_settings(&stdout);
+    let key_file = settings.get_mut("api_key_file").unwrap();
+    assert_eq!(key_file.value.as_deref(), Some(format!("{keys:?}").as_str()));
+    key_file.value = Some(format!("{KEY_FILE:?}"));
+    settings
+}
+
+/// A number the check printed.
+fn number(settings: &BTreeMap<String, Checked>, key: &str) -> u64 {
+    let value = settings[key].value.as_deref().unwrap_or_else(|| panic!("{key} is not set"));
+    value.parse().unwrap_or_else(|_| panic!("{key} = {value} is not a number"))
 }
 
 /// `Key=Value` lines of a unit file's `[section]`; the last assignment wins, as in systemd.
@@ -130,44 +157,67 @@ fn every_setting_the_example_names_is_one_the_binary_documents() {
 
 #[test]
 fn the_unit_gives_the_collector_the_time_and_descriptors_its_configuration_needs() {
-    let example = env_assignments(ENV_FILE);
-    let documented = documented_settings();
     let service = unit_section(UNIT_FILE, "Service");
-    assert_eq!(service["ExecStart"], "/usr/local/bin/collector run");
-    assert_eq!(service["EnvironmentFile"], "/etc/collector/collector.env");
+    assert_eq!(service["ExecStart"], "/usr/local/bin/collector --config /etc/collector/collector.toml run");
+    assert_eq!(service["EnvironmentFile"], "-/etc/collector/collector.env", "optional: per-host overrides");
     assert_eq!(service["Restart"], "on-failure");
+    let config = effective(&["--config", CONFIG_FILE], &BTreeMap::new());
 
     // The longest graceful shutdown of `collector run` with an admin listener (src/app.rs,
     // `PipelineConfig::longest_shutdown`): in-flight grace, drain deadline, the flusher's and
     // the transform worker's exit grace, the admin listener's, the runtime's.
-    let grace = Duration::from_millis(setting("COLLECTOR_SHUTDOWN_GRACE_MS", &example, &documented));
-    let drain = Duration::from_millis(setting("COLLECTOR_DRAIN_TIMEOUT_MS", &example, &documented));
+    let grace = Duration::from_millis(number(&config, "shutdown_grace_ms"));
+    let drain = Duration::from_millis(number(&config, "drain_timeout_ms"));
     let longest = grace + drain + STAGE_EXIT_GRACE * 2 + ADMIN_EXIT_GRACE + RUNTIME_EXIT_GRACE;
     let stop = time_span(&service["TimeoutStopSec"]);
     assert!(
         stop > longest,
         "TimeoutStopSec={stop:?} would SIGKILL a graceful shutdown that may take {longest:?} \
-         (COLLECTOR_SHUTDOWN_GRACE_MS {grace:?} + COLLECTOR_DRAIN_TIMEOUT_MS {drain:?} + stage exits)"
+         (shutdown_grace_ms {grace:?} + drain_timeout_ms {drain:?} + stage exits)"
     );
 
     // One descriptor per connection, plus sled's files, Kafka sockets and the admin listener.
-    let connections = setting("COLLECTOR_MAX_CONNECTIONS", &example, &documented);
+    let connections = number(&config, "max_connections");
     let files: u64 = service["LimitNOFILE"].parse().expect("LimitNOFILE is one number");
     assert!(
         files >= connections + 1024,
-        "LimitNOFILE={files} leaves too little room above COLLECTOR_MAX_CONNECTIONS={connections}: \
+        "LimitNOFILE={files} leaves too little room above max_connections={connections}: \
          accept() would fail before the collector answers 503 too_many_connections"
     );
 
     // The WAL must be where systemd keeps it writable and persistent.
     let state = format!("/var/lib/{}/", service["StateDirectory"]);
-    let wal = &example["COLLECTOR_WAL_DIR"];
-    assert!(wal.starts_with(&state), "COLLECTOR_WAL_DIR={wal} is outside the unit's StateDirectory {state}");
+    let wal = config["wal_dir"].value.clone().unwrap();
+    assert!(wal.starts_with(&format!("\"{state}")), "wal_dir = {wal} is outside the unit's StateDirectory {state}");
+}
+
+#[test]
+fn the_environment_example_configures_the_same_collector_as_the_configuration_file() {
+    let from_file = effective(&["--config", CONFIG_FILE], &BTreeMap::new());
+    let variables = env_assignments(ENV_FILE);
+    let from_env = effective(&[], &variables);
+    // The key file `effective` replaced: both name the same one.
+    let in_file = std::fs::read_to_string(CONFIG_FILE).unwrap();
+    assert!(in_file.lines().any(|l| l == format!("api_key_file = {KEY_FILE:?}")), "deploy/collector.toml");
+    assert_eq!(variables["COLLECTOR_API_KEY_FILE"], KEY_FILE, "deploy/collector.env.example");
+    let differences: Vec<String> = from_file
+        .iter()
+        .filter(|(key, file)| from_env.get(*key).map(|env| &env.value) != Some(&file.value))
+        .map(|(key, file)| format!("{key}: {:?} in the file, {:?} as variables", file.value, from_env.get(key)))
+        .chain(
+            from_env.keys().filter(|key| !from_file.contains_key(*key)).map(|key| format!("{key}: only as variables")),
+        )
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "deploy/collector.toml and deploy/collector.env.example differ:\n{}",
+        differences.join("\n")
+    );
 }
 
 #[tokio::test]
 async fn the_example_configuration_boots_takes_a_keyed_request_and_stops_within_the_units_timeout() {
-    let example = env_assignments(ENV_FILE);
+    let config = effective(&["--config", CONFIG_FILE], &BTreeMap::new());
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let key = "deploy-test-key-0123456789abcdef";
     let key_file = dir.path().join("api-keys");
@@ -179,9 +229,9 @@ async fn the_example_configuration_boots_takes_a_keyed_request_and_stops_within_
         }
     };
 
-    // Exactly the example's variables, with only what must be local to this test replaced:
-    // paths, listening addresses, and a broker address where nothing answers.
-    let mut vars = example.clone();
+    // The example file as the unit runs it, with only what must be local to this test replaced,
+    // as /etc/collector/collector.env would on a host: paths, listening addresses, and a broker
+    // address where nothing answers.
     let overrides = [
         ("COLLECTOR_WAL_DIR", dir.path().join("wal").display().to_string()),
         ("COLLECTOR_API_KEY_FILE", key_file.display().to_string()),
@@ -189,11 +239,16 @@ async fn the_example_configuration_boots_takes_a_keyed_request_and_stops_within_
         ("COLLECTOR_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}")),
         ("COLLECTOR_BROKERS", format!("127.0.0.1:{}", free_port())),
     ];
+    let mut vars = BTreeMap::new();
     for (name, value) in overrides {
-        assert!(vars.insert(name.to_string(), value).is_some(), "a production configuration sets {name}");
+        let key = name.trim_start_matches("COLLECTOR_").to_ascii_lowercase();
+        let set = config[&key].source == "file"
+            || key == "api_key_file" && config[&key].value == Some(format!("{KEY_FILE:?}"));
+        assert!(set, "a production configuration sets {key}");
+        vars.insert(name.to_string(), value);
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_collector"))
-        .arg("serve")
+        .args(["--config", CONFIG_FILE, "serve"])
         .env_clear()
         .envs(&vars)
         .stdin(Stdio::null())
@@ -235,7 +290,7 @@ async fn the_example_configuration_boots_takes_a_keyed_request_and_stops_within_
     assert_eq!(
         ready.0, 200,
         "/readyz: {} (wal_full here means the test's disk has less free space than the example's \
-         COLLECTOR_WAL_MIN_FREE_MIB)",
+         wal_min_free_mib)",
         ready.1
     );
 
@@ -255,9 +310,9 @@ async fn the_example_configuration_boots_takes_a_keyed_request_and_stops_within_
     assert_eq!(receipt["status"], "ok", "{receipt}");
 
     // The log format the example chose is the one written.
-    if example.get("COLLECTOR_LOG_FORMAT").map(String::as_str) == Some("json") {
+    if config["log_format"].value.as_deref() == Some("\"json\"") {
         let lines = log.lock().unwrap().clone();
-        assert!(!lines.is_empty(), "no log line at COLLECTOR_LOG={:?}", example.get("COLLECTOR_LOG"));
+        assert!(!lines.is_empty(), "no log line at log = {:?}", config["log"].value);
         for line in &lines {
             let parsed: serde_json::Value =
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));

@@ -21,7 +21,7 @@ pub(crate) use context::logs_to_tracing;
 pub use context::LogContext;
 pub use error::KafkaStageError;
 pub use outbox::{Delivered, Offsets, OutMessage, Outbox, OutboxError, ProducerOptions, TxnTimeouts};
-pub use settings::{Guarantee, KafkaSettings, MESSAGE_OVERHEAD_BYTES};
+pub use settings::{is_secret_property, Guarantee, KafkaSettings, MASKED, MESSAGE_OVERHEAD_BYTES};
 
 /// Header names on raw (`collect-topic1`) messages.
 pub mod headers {

@@ -106,11 +106,29 @@ impl KafkaSettings {
             ));
         }
         // Let librdkafka judge the properties themselves: building a client validates them.
-        self.client_config(&[])
-            .create::<rdkafka::producer::BaseProducer>()
-            .map_err(|e| KafkaStageError::Config(e.to_string()))?;
+        // Its message quotes the property's value: mask the secrets in it.
+        self.client_config(&[]).create::<rdkafka::producer::BaseProducer>().map_err(|e| {
+            let message = self
+                .properties
+                .iter()
+                .filter(|(name, value)| is_secret_property(name) && !value.is_empty())
+                .fold(e.to_string(), |message, (_, value)| message.replace(value.as_str(), MASKED));
+            KafkaStageError::Config(format!("-X (librdkafka properties): {message}"))
+        })?;
         Ok(())
     }
+}
+
+/// What a secret property's value is shown as.
+pub const MASKED: &str = "<masked>";
+
+/// True for a librdkafka property whose value is a secret: passwords, client secrets,
+/// passphrases, private keys, and the OAUTHBEARER configuration (it can carry a secret).
+pub fn is_secret_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "secret", "passphrase", "private.key"].iter().any(|word| name.contains(word))
+        || name.ends_with("key.pem")
+        || ["sasl.oauthbearer.config", "ssl_key"].contains(&name.as_str())
 }
 
 #[cfg(test)]

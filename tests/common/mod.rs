@@ -506,3 +506,54 @@ pub fn open_wal(dir: &Path, options: collector::wal::LogOptions) -> collector::w
     }
     panic!("the WAL lock was never released");
 }
+
+/// Runs `collector <args…>` with exactly `env` as its environment (none of the caller's
+/// `COLLECTOR_*` variables leak in) and no standard input.
+pub fn collector_output(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the collector binary")
+}
+
+/// One setting as `collector config check` printed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// As TOML writes it: `8192`, `"0.0.0.0:8000"`, `["a", "b"]`; `None` when not set.
+    pub value: Option<String>,
+    /// `default`, `file`, `env COLLECTOR_…` or `flag --…`.
+    pub source: String,
+}
+
+/// The settings `collector config check` printed, by key (`wal_max_mib`; a librdkafka
+/// property as `kafka.properties.<name>`).
+pub fn checked_settings(stdout: &str) -> std::collections::BTreeMap<String, Checked> {
+    let mut settings = std::collections::BTreeMap::new();
+    let mut section = String::new();
+    for line in stdout.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let (setting, source) = match line.rsplit_once("  # ") {
+            Some((setting, source)) => (setting.trim(), source.trim().to_string()),
+            None => continue,
+        };
+        let (key, value) = if let Some(unset) = setting.strip_prefix("# ").and_then(|s| s.strip_suffix(": not set")) {
+            (unset.to_string(), None)
+        } else {
+            let (key, value) = setting.split_once(" = ").unwrap_or_else(|| panic!("not `key = value`: {line}"));
+            (key.to_string(), Some(value.to_string()))
+        };
+        let key = if section == "kafka.properties" {
+            format!("kafka.properties.{}", serde_json::from_str::<String>(&key).unwrap())
+        } else {
+            key
+        };
+        settings.insert(key, Checked { value, source });
+    }
+    settings
+}
