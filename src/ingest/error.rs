@@ -64,6 +64,53 @@ pub enum IngestError {
     MethodNotAllowed,
 }
 
+/// Every `code` an error answer can carry, with the status it comes with: the variants' own
+/// codes, the body codes of [`Invalid`] (the schema's, [`crate::schema::strict`]'s and ingest's
+/// limits), and `too_many_connections`, which the accept loop answers before any HTTP is read.
+///
+/// The one list clients can rely on: `openapi.json` lists the same codes, each under its status,
+/// and tests hold the three together (this list, the code that emits codes, the document). A
+/// new code is added here, in `openapi.json`, and in the README's table.
+pub const CODES: &[(&str, StatusCode)] = &[
+    ("invalid_json", StatusCode::BAD_REQUEST),
+    ("invalid_utf8", StatusCode::BAD_REQUEST),
+    ("control_character", StatusCode::BAD_REQUEST),
+    ("invalid_gzip", StatusCode::BAD_REQUEST),
+    ("body_read_failed", StatusCode::BAD_REQUEST),
+    ("invalid_idempotency_key", StatusCode::BAD_REQUEST),
+    ("missing_api_key", StatusCode::UNAUTHORIZED),
+    ("invalid_api_key", StatusCode::UNAUTHORIZED),
+    ("origin_not_allowed", StatusCode::FORBIDDEN),
+    ("not_found", StatusCode::NOT_FOUND),
+    ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
+    ("request_timeout", StatusCode::REQUEST_TIMEOUT),
+    ("body_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+    ("decompressed_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+    ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+    ("unsupported_encoding", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+    ("invalid_type", StatusCode::UNPROCESSABLE_ENTITY),
+    ("missing_field", StatusCode::UNPROCESSABLE_ENTITY),
+    ("empty_events", StatusCode::UNPROCESSABLE_ENTITY),
+    ("invalid_field", StatusCode::UNPROCESSABLE_ENTITY),
+    ("duplicate_key", StatusCode::UNPROCESSABLE_ENTITY),
+    ("negative_zero", StatusCode::UNPROCESSABLE_ENTITY),
+    ("too_deep", StatusCode::UNPROCESSABLE_ENTITY),
+    ("too_many_events", StatusCode::UNPROCESSABLE_ENTITY),
+    ("ctx_too_large", StatusCode::UNPROCESSABLE_ENTITY),
+    ("field_too_long", StatusCode::UNPROCESSABLE_ENTITY),
+    ("rows_too_large", StatusCode::UNPROCESSABLE_ENTITY),
+    ("idempotency_key_reused", StatusCode::UNPROCESSABLE_ENTITY),
+    ("kafka_refused", StatusCode::UNPROCESSABLE_ENTITY),
+    ("wal_error", StatusCode::INTERNAL_SERVER_ERROR),
+    ("wal_full", StatusCode::SERVICE_UNAVAILABLE),
+    ("wal_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ("draining", StatusCode::SERVICE_UNAVAILABLE),
+    ("overloaded", StatusCode::SERVICE_UNAVAILABLE),
+    ("too_many_connections", StatusCode::SERVICE_UNAVAILABLE),
+    ("kafka_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ("kafka_unconfirmed", StatusCode::SERVICE_UNAVAILABLE),
+];
+
 impl IngestError {
     pub fn code(&self) -> &'static str {
         match self {
@@ -177,6 +224,7 @@ impl IngestError {
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
         let status = self.status();
+        debug_assert!(CODES.contains(&(self.code(), status)), "{} {status} is not in CODES", self.code());
         let (message, path) = match &self {
             IngestError::Invalid(i) => (i.message.clone(), Some(i.path.as_str())),
             other => (other.public_message(), None),
@@ -201,6 +249,8 @@ impl IntoResponse for IngestError {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
     use super::*;
     use crate::wal::WalError;
 
@@ -243,5 +293,148 @@ mod tests {
         let response = IngestError::OriginNotAllowed("https://evil.example".into()).into_response();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         assert!(!response.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+
+    /// One error of each variant (both codes of `Wal`). The match gives each variant a number and
+    /// has no wildcard: a new variant does not compile until it is numbered here, and the test
+    /// below fails until it has a sample too.
+    fn one_of_each() -> Vec<IngestError> {
+        use crate::schema::Invalid;
+        let samples = vec![
+            IngestError::Invalid(Invalid::schema("missing_field", "/events", "`events` is required")),
+            IngestError::BodyTooLarge { limit: 1 },
+            IngestError::DecompressedTooLarge { limit: 1 },
+            IngestError::UnsupportedMediaType("application/xml".into()),
+            IngestError::UnsupportedEncoding("br".into()),
+            IngestError::BadGzip("corrupt deflate stream".into()),
+            IngestError::BodyRead("connection reset".into()),
+            IngestError::BodyTimeout { secs: 1 },
+            IngestError::BadIdempotencyKey(255),
+            IngestError::IdempotencyKeyReused,
+            IngestError::WalFull,
+            IngestError::WalUnavailable,
+            IngestError::Draining,
+            IngestError::Overloaded,
+            IngestError::Wal(WalError::Closed),
+            IngestError::Wal(WalError::Config("unusable".into())),
+            IngestError::MissingApiKey,
+            IngestError::InvalidApiKey,
+            IngestError::OriginNotAllowed("https://evil.example".into()),
+            IngestError::NotFound("/nope".into()),
+            IngestError::MethodNotAllowed,
+            IngestError::KafkaUnavailable,
+            IngestError::KafkaUnconfirmed { seq: 1, waited_ms: 10 },
+            IngestError::KafkaRefused { seq: 1 },
+        ];
+        let numbered: std::collections::BTreeSet<u8> = samples
+            .iter()
+            .map(|e| match e {
+                IngestError::Invalid(_) => 0,
+                IngestError::BodyTooLarge { .. } => 1,
+                IngestError::DecompressedTooLarge { .. } => 2,
+                IngestError::UnsupportedMediaType(_) => 3,
+                IngestError::UnsupportedEncoding(_) => 4,
+                IngestError::BadGzip(_) => 5,
+                IngestError::BodyRead(_) => 6,
+                IngestError::BodyTimeout { .. } => 7,
+                IngestError::BadIdempotencyKey(_) => 8,
+                IngestError::IdempotencyKeyReused => 9,
+                IngestError::WalFull => 10,
+                IngestError::WalUnavailable => 11,
+                IngestError::Draining => 12,
+                IngestError::Overloaded => 13,
+                IngestError::Wal(_) => 14,
+                IngestError::MissingApiKey => 15,
+                IngestError::InvalidApiKey => 16,
+                IngestError::OriginNotAllowed(_) => 17,
+                IngestError::NotFound(_) => 18,
+                IngestError::MethodNotAllowed => 19,
+                IngestError::KafkaUnavailable => 20,
+                IngestError::KafkaUnconfirmed { .. } => 21,
+                IngestError::KafkaRefused { .. } => 22,
+            })
+            .collect();
+        assert_eq!(numbered, (0..=22).collect(), "a variant has no sample");
+        samples
+    }
+
+    /// The body codes written in the source, with their status where the source says it: every
+    /// `Invalid::schema("code", …)` (a 422) and every `Invalid { kind, code: "code", … }`
+    /// literal (400 for `InvalidKind::Malformed`, else 422), and codes counted or answered
+    /// outside [`IngestError`] (`request_rejected("code")`, a canned `"code":"code"` body).
+    /// Test code (`#[cfg(test)]` onwards, `tests.rs`) is skipped.
+    fn codes_in_source() -> Vec<(String, Option<StatusCode>, String)> {
+        let mut found = Vec::new();
+        let mut folders = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    folders.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") || path.ends_with("tests.rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap();
+                let file = path.display().to_string();
+                let literal_after = |at: usize| -> Option<String> {
+                    let rest = code[at..].trim_start().strip_prefix('"')?;
+                    Some(rest[..rest.find('"')?].to_string())
+                };
+                for (at, _) in code.match_indices("schema(") {
+                    if let Some(name) = literal_after(at + "schema(".len()) {
+                        found.push((name, Some(StatusCode::UNPROCESSABLE_ENTITY), file.clone()));
+                    }
+                }
+                for (at, _) in code.match_indices("code: \"") {
+                    let name = literal_after(at + "code: ".len()).unwrap();
+                    let literal = &code[code[..at].rfind("Invalid {").unwrap_or(0)..at];
+                    let status = if literal.contains("InvalidKind::Malformed") {
+                        StatusCode::BAD_REQUEST
+                    } else {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    };
+                    found.push((name, Some(status), file.clone()));
+                }
+                for (at, _) in code.match_indices("request_rejected(") {
+                    if let Some(name) = literal_after(at + "request_rejected(".len()) {
+                        found.push((name, None, file.clone()));
+                    }
+                }
+                for (at, _) in code.match_indices(r#"\"code\":\""#) {
+                    let rest = &code[at + r#"\"code\":\""#.len()..];
+                    found.push((rest[..rest.find('\\').unwrap()].to_string(), None, file.clone()));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_code_an_answer_can_carry_is_listed_once_with_its_status() {
+        let listed: BTreeMap<&str, StatusCode> = CODES.iter().copied().collect();
+        assert_eq!(listed.len(), CODES.len(), "a code is listed twice");
+        let mut emitted = BTreeSet::new();
+        for e in one_of_each() {
+            assert_eq!(listed.get(e.code()), Some(&e.status()), "{e:?}: its code and status must be in CODES");
+            emitted.insert(e.code().to_string());
+        }
+        let in_source = codes_in_source();
+        assert!(
+            in_source.iter().any(|(code, ..)| code == "duplicate_key"),
+            "the scan found no body code: {in_source:?}"
+        );
+        for (code, status, file) in in_source {
+            let listed_status = listed.get(code.as_str());
+            assert!(listed_status.is_some(), "{file} emits {code:?}, which is not in CODES");
+            if let Some(status) = status {
+                assert_eq!(listed_status, Some(&status), "{file}: {code:?} comes with {status}");
+            }
+            emitted.insert(code);
+        }
+        let never: Vec<&str> = listed.keys().filter(|code| !emitted.contains(**code)).copied().collect();
+        assert!(never.is_empty(), "CODES lists codes nothing emits: {never:?}");
     }
 }

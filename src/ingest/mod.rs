@@ -21,7 +21,8 @@
 //! with CORS origins configured, pages of other origins are refused (`403`). The status page and
 //! `/metrics` are served only by the admin router ([`admin_router`]), which the binary binds to a
 //! separate, by default loopback-only, address; the public router ([`router`]) serves `/collect`,
-//! `/healthz` and `/readyz`.
+//! `/healthz` and `/readyz`. Both serve `/openapi.json`, the OpenAPI 3.1 document of every route
+//! and error code ([`openapi`]).
 //!
 //! Every answer carries an `X-Request-Id`, the client's or a new one, and every log line about
 //! the request carries the same id ([`request_id`]).
@@ -34,6 +35,7 @@ pub mod auth;
 mod body;
 pub mod cors;
 mod error;
+mod openapi;
 pub mod request_id;
 pub mod server;
 mod state;

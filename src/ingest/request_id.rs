@@ -11,7 +11,8 @@
 //! refused before HTTP (over `--max-connections`) get a canned answer without one. How long
 //! each answer took goes to `collector_http_request_duration_seconds{route, status}`, the route
 //! being the routers' path the request asked for (`other` for any other path, so that unknown
-//! paths cannot grow the label set; a route added to a router needs adding to [`route_label`]).
+//! paths cannot grow the label set; a route added to a router needs adding to [`route_label`],
+//! which `tests/openapi.rs` checks for every documented path).
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,7 +49,7 @@ pub async fn tag(req: Request, next: Next) -> Response {
 /// The metric label of a request's route: one of the routers' own paths (all of them fixed
 /// paths, so the request's path is its route), or `other`.
 fn route_label(path: &str) -> &'static str {
-    const ROUTES: [&str; 5] = ["/collect", "/healthz", "/readyz", "/", "/metrics"];
+    const ROUTES: [&str; 6] = ["/collect", "/healthz", "/readyz", "/openapi.json", "/", "/metrics"];
     ROUTES.into_iter().find(|r| *r == path).unwrap_or("other")
 }
 

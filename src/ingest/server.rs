@@ -26,7 +26,7 @@ use super::auth::{Client, ClientId};
 use super::request_id;
 use super::state::{IngestState, ServerOptions};
 use super::validate::EventLimits;
-use super::{ack, body, cors, status, validate, IngestError};
+use super::{ack, body, cors, openapi, status, validate, IngestError};
 use crate::schema::Invalid;
 use crate::wal::record::{self, Entry};
 use crate::wal::{Appended, IdempotencyKey};
@@ -71,9 +71,9 @@ fn client_scope(client: Option<&ClientId>) -> Vec<u8> {
     }
 }
 
-/// The public router: `POST /collect` (behind CORS and API keys, when configured), `/healthz`
-/// and `/readyz`. Anything else, the status page and `/metrics` included, is a JSON 404. Every
-/// answer carries an `X-Request-Id` ([`request_id`]).
+/// The public router: `POST /collect` (behind CORS and API keys, when configured), `/healthz`,
+/// `/readyz` and `/openapi.json`. Anything else, the status page and `/metrics` included, is a
+/// JSON 404. Every answer carries an `X-Request-Id` ([`request_id`]).
 pub fn router(state: Arc<IngestState>) -> Router {
     // The CORS guard wraps every answer of /collect, its 405s included (hence the method
     // router's own fallback), and sees preflights (OPTIONS) before they become 405s.
@@ -82,19 +82,23 @@ pub fn router(state: Arc<IngestState>) -> Router {
     with_common_routes(Router::new().route("/collect", collect), state)
 }
 
-/// The admin router: the status page `/`, `/metrics`, `/healthz` and `/readyz`; nothing that
-/// takes data. It reports on the same state as the public router.
+/// The admin router: the status page `/`, `/metrics`, `/healthz`, `/readyz` and
+/// `/openapi.json`; nothing that takes data. It reports on the same state as the public router.
 pub fn admin_router(state: Arc<IngestState>) -> Router {
     with_common_routes(Router::new().route("/", get(status::home)).route("/metrics", get(status::metrics)), state)
 }
 
-/// What both routers add to their own routes: `/healthz`, `/readyz`, the JSON 404 and 405
-/// fallbacks, and request ids (the outermost layer, so that every answer, CORS refusals and
-/// 404s included, carries one).
+/// What both routers add to their own routes: `/healthz`, `/readyz`, `/openapi.json`, the JSON
+/// 404 and 405 fallbacks, and request ids (the outermost layer, so that every answer, CORS
+/// refusals and 404s included, carries one).
+///
+/// Every route of either router is documented in `openapi.json`: `tests/openapi.rs` reads the
+/// `.route(…)` calls of this file and fails on one the document does not list.
 fn with_common_routes(routes: Router<Arc<IngestState>>, state: Arc<IngestState>) -> Router {
     routes
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
+        .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_id::tag))
