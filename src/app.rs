@@ -146,7 +146,8 @@ impl Pipeline {
             let worker = transform::spawn(kafka, options, node.clone(), runtime.clone(), worker_stop, status);
             watch_stage(worker, "transform worker", shutdown.clone())
         });
-        let summary = summary(&config, addr, admin.as_ref().map(|(_, bound)| *bound), &node);
+        let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
+        let summary = summary(&config, addr, admin_addr, &node);
 
         let state = Arc::new(IngestState {
             writer,
@@ -167,7 +168,6 @@ impl Pipeline {
             history: Default::default(),
             summary,
         });
-        let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
         log_listening(&config, addr, admin_addr, &node, worker.is_some());
         let stages = Stages { flusher, worker, drain, transform_stop };
         let log = state.log.clone();
@@ -398,8 +398,7 @@ pub async fn run_transform(
 ) -> Result<(), AppError> {
     let (stop, worker_stop) = Stop::new();
     let (failed, mut failed_rx) = watch::channel(false);
-    // No status page in this mode: the worker's status is kept, but only /metrics would show it
-    // (and there is no listener for that either).
+    // No admin listener in this mode, so no status page to show the worker's status on.
     let status = Arc::new(TransformStatus::default());
     let worker = transform::spawn(kafka, options, node, tokio::runtime::Handle::current(), worker_stop, status);
     let worker = watch_stage(worker, "transform worker", failed);
