@@ -215,10 +215,12 @@ struct Process(Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
-        // `--` before the negative id: procps' `kill -KILL -<pgid>` reads the id as options and
-        // can signal other groups (seen: `kill(-2, …)`), even every process (`-1`).
-        let group = format!("-{}", self.0.id());
-        let _ = Command::new("kill").args(["-s", "KILL", "--", &group]).stderr(Stdio::null()).status();
+        // killpg, typed, never the `kill` command: procps reads `kill -KILL -<pgid>` as options
+        // and signals another group (`kill(-2, …)`) or every process (`kill(-1, …)`, which as
+        // root is everything on the machine: it happened once).
+        let group = i32::try_from(self.0.id()).expect("a pid fits an i32");
+        assert!(group > 1, "not a process group of ours: {group}");
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
