@@ -19,6 +19,10 @@ if ! command -v kcat >/dev/null; then
   echo "test.sh: the crash tests read Kafka with kcat; install it (apt-get install kcat)" >&2
   exit 1
 fi
+if ! command -v chromium >/dev/null; then
+  echo "test.sh: the status page test drives a headless Chromium; install it (apt-get install chromium)" >&2
+  exit 1
+fi
 
 started_kafka=0
 if ! scripts/kafka.sh status 2>/dev/null; then

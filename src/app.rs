@@ -35,11 +35,12 @@ use tracing::{error, info, warn};
 
 use crate::flush::{FlushOptions, FlushStatus, Flusher};
 use crate::heal::{self, DiskWatch};
-use crate::ingest::{self, IngestState, ServerOptions};
+use crate::ingest::{self, ConfigSummary, IngestState, ServerOptions};
 use crate::kafka::{KafkaSettings, KafkaStageError};
 use crate::node::NodeId;
 use crate::retry::Stop;
-use crate::transform::{self, TransformOptions};
+use crate::telemetry::RecentErrors;
+use crate::transform::{self, TransformOptions, TransformStatus};
 use crate::wal::{GuardedLog, LogOptions, LogStore, SledLog, WalError, WalHealth, WalWriter};
 
 /// Everything `run` and `serve` need.
@@ -123,7 +124,9 @@ impl Pipeline {
         addresses.extend(admin.as_ref().map(|(_, bound)| ("admin", *bound)));
         tokio::spawn(heal::watch(disk.clone(), health.clone(), log.clone(), addresses, shutdown.subscribe()));
         let runtime = tokio::runtime::Handle::current();
-        let flush_status = Arc::new(FlushStatus::default());
+        let errors = Arc::new(RecentErrors::default());
+        let flush_status = Arc::new(FlushStatus::new(errors.clone()));
+        let transform_status = config.transform.as_ref().map(|_| Arc::new(TransformStatus::new(errors.clone())));
 
         let (drain, drain_stop) = Stop::new();
         let flusher = Flusher {
@@ -138,10 +141,13 @@ impl Pipeline {
         .spawn(runtime.clone(), drain_stop);
         let flusher = watch_stage(flusher, "flusher", shutdown.clone());
         let (transform_stop, worker_stop) = Stop::new();
-        let worker = config.transform.clone().map(|options| {
-            let worker = transform::spawn(config.kafka.clone(), options, node.clone(), runtime.clone(), worker_stop);
+        let worker = config.transform.clone().zip(transform_status.clone()).map(|(options, status)| {
+            let kafka = config.kafka.clone();
+            let worker = transform::spawn(kafka, options, node.clone(), runtime.clone(), worker_stop, status);
             watch_stage(worker, "transform worker", shutdown.clone())
         });
+        let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
+        let summary = summary(&config, addr, admin_addr, &node);
 
         let state = Arc::new(IngestState {
             writer,
@@ -156,8 +162,12 @@ impl Pipeline {
             reserved_bytes: Default::default(),
             health,
             disk,
+            accepted: Default::default(),
+            transform: transform_status,
+            errors,
+            history: Default::default(),
+            summary,
         });
-        let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
         log_listening(&config, addr, admin_addr, &node, worker.is_some());
         let stages = Stages { flusher, worker, drain, transform_stop };
         let log = state.log.clone();
@@ -249,6 +259,43 @@ fn log_listening(config: &PipelineConfig, addr: SocketAddr, admin: Option<Socket
     );
 }
 
+/// What the status page shows of `config`, with the addresses bound and the node id settled.
+fn summary(config: &PipelineConfig, listen: SocketAddr, admin: Option<SocketAddr>, node: &NodeId) -> ConfigSummary {
+    let (server, kafka) = (&config.server, &config.kafka);
+    ConfigSummary {
+        mode: if config.transform.is_some() { "run" } else { "serve" },
+        listen: listen.to_string(),
+        admin_listen: admin.map(|a| a.to_string()),
+        node_id: node.to_string(),
+        wal_dir: config.wal.dir.display().to_string(),
+        wal_max_bytes: server.max_wal_bytes,
+        wal_segment_bytes: config.wal.segment_bytes,
+        wal_min_free_bytes: config.wal.min_free_bytes,
+        brokers: kafka.brokers.clone(),
+        raw_topic: kafka.raw_topic.clone(),
+        transformed_topic: kafka.transformed_topic.clone(),
+        dead_letter_topic: kafka.dead_letter_topic.clone(),
+        guarantee: match kafka.guarantee {
+            crate::kafka::Guarantee::ExactlyOnce => "exactly_once",
+            crate::kafka::Guarantee::AtLeastOnce => "at_least_once",
+        },
+        ack: match server.ack {
+            crate::ingest::Ack::Wal => "wal",
+            crate::ingest::Ack::Kafka { .. } => "kafka",
+        },
+        transform_group: config.transform.as_ref().map(|t| t.group_id.clone()),
+        max_body_bytes: server.body.max_body_bytes,
+        max_decompressed_bytes: server.body.max_decompressed_bytes,
+        max_events: server.limits.max_events,
+        max_in_flight: server.max_in_flight,
+        max_connections: server.max_connections,
+        api_keys: !server.api_keys.is_open(),
+        api_key_clients: server.api_keys.clients().len(),
+        cors: server.cors.is_enabled(),
+        drain_timeout_ms: config.drain_timeout.as_millis() as u64,
+    }
+}
+
 /// Binds `addr`; the address actually bound is returned too (port 0 picks one).
 async fn bind(addr: SocketAddr, name: &str) -> Result<(TcpListener, SocketAddr), AppError> {
     // After a restart in place (see `heal.rs`): the address listener `name` had, so the same
@@ -284,6 +331,9 @@ async fn serve_then_drain(
     stages: Stages,
 ) -> Result<(), AppError> {
     let admin = listeners.admin.map(|listener| serve_admin(listener, state.clone(), &config.server));
+    // The status page's history, sampled through the drain too, until the admin listener stops.
+    let (sampler_stop, sampler_stopped) = oneshot::channel();
+    let sampler = tokio::spawn(ingest::sample(state.clone(), sampler_stopped));
     let app = ingest::router(state.clone());
     let signal_state = state.clone();
     let signal = async move {
@@ -314,6 +364,8 @@ async fn serve_then_drain(
         // `serve` bounds its own wait by ADMIN_EXIT_GRACE.
         let _ = server.await;
     }
+    let _ = sampler_stop.send(());
+    let _ = sampler.await;
     flushed.and(transformed)
 }
 
@@ -373,7 +425,10 @@ pub async fn run_transform(
     };
     let (stop, worker_stop) = Stop::new();
     let (failed, mut failed_rx) = watch::channel(false);
-    let worker = transform::spawn(kafka, options, node.clone(), tokio::runtime::Handle::current(), worker_stop);
+    // The worker's admin listener serves its metrics; its status (the status page's part of it)
+    // is kept for nobody in this mode.
+    let status = Arc::new(TransformStatus::default());
+    let worker = transform::spawn(kafka, options, node.clone(), tokio::runtime::Handle::current(), worker_stop, status);
     let worker = watch_stage(worker, "transform worker", failed);
     info!(%node, "Transform worker started.");
     tokio::select! {

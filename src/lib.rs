@@ -23,8 +23,8 @@
 //!
 //! - [`schema`]: the event schema: request, event, context and user-id types, parsing and field
 //!   validation (simd-json). Ingest and the transform both read bodies with it.
-//! - [`ingest`]: HTTP server; decoding, limits, error responses, API keys and CORS, the status
-//!   pages (on a separate admin listener).
+//! - [`ingest`]: HTTP server; decoding, limits, error responses, API keys and CORS, the live
+//!   status page and its document (on a separate admin listener), with its once-a-second history.
 //! - [`wal`]: sled write-ahead log with group commit, checksummed framing, segment reclamation.
 //! - [`heal`]: the WAL's disk: free-space headroom, and a restart in place that reopens the
 //!   WAL after a storage fault.
@@ -37,12 +37,12 @@
 //! - [`config`]: the command line, environment and `--config` file (in that precedence),
 //!   validated at start-up; `collector config check`.
 //! - [`app`]: wires the stages into the `run`, `serve` and `transform` modes.
-//! - [`telemetry`]: metric names and the Prometheus recorder.
+//! - [`telemetry`]: metric names, the Prometheus recorder, and the stages' recent errors.
 //!
 //! Dependencies point one way; no module imports one that imports it back: `config` → `app` →
 //! the stages (`ingest`, `flush`, `transform`) → `kafka`, `wal`, `heal`, `schema`, `node` → the
 //! leaf helpers (`retry`, `telemetry`, `now_ms`). One stage reads others: `ingest` shows the
-//! flusher's status and sizes rows with `transform::row` (to refuse at the door a request whose
+//! flusher's and the transform's status and sizes rows with `transform::row` (to refuse at the door a request whose
 //! rows Kafka could not take). Inside each folder the same holds between its files. The stages meet Kafka only through
 //! traits (`kafka::Outbox`, `flush::position::PositionStore`, `transform::source::Source`) and
 //! the disk only through `wal::LogStore`, so their loops are unit-tested with fakes.

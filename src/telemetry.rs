@@ -1,7 +1,9 @@
 //! Metric names and the Prometheus recorder. Every metric the collector emits is named here,
-//! never as a string literal elsewhere.
+//! never as a string literal elsewhere. Also the stages' [`RecentErrors`], which the status
+//! page lists.
 
-use std::sync::OnceLock;
+use std::collections::VecDeque;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
@@ -26,8 +28,8 @@ pub const TRANSFORM_ROWS: &str = "collector_transform_rows_total";
 pub const TRANSFORM_DEAD_LETTERS: &str = "collector_transform_dead_letters_total";
 pub const TRANSFORM_FAILURES: &str = "collector_transform_failed_batches_total";
 pub const TRANSFORM_DROPPED: &str = "collector_transform_dropped_messages_total";
-/// Histogram, labels `route` (`/collect`, `/healthz`, `/readyz`, `/`, `/metrics`, `other`) and
-/// `status` (the HTTP status code): how long each answer took, as the server saw it.
+/// Histogram, labels `route` (`/collect`, `/healthz`, `/readyz`, `/`, `/status.json`, `/metrics`,
+/// `other`) and `status` (the HTTP status code): how long each answer took, as the server saw it.
 pub const HTTP_REQUEST_DURATION: &str = "collector_http_request_duration_seconds";
 /// Histogram: how long each WAL group commit took, append and fsync together (a request's
 /// wait for durability is its queueing plus one or two of these).
@@ -48,6 +50,12 @@ pub const WAL_OLDEST_PENDING_AGE: &str = "collector_wal_oldest_pending_age_secon
 /// not read yet (0 for partitions it does not own; sum over workers per partition). Refreshed
 /// every 5 s from librdkafka's statistics.
 pub const TRANSFORM_LAG: &str = "collector_transform_consumer_lag_messages";
+/// Gauge, label `stage` (`flusher`, and with the transform in this process
+/// `transform_consumer` and `transform_producer`): 1 while that stage's Kafka client has a
+/// broker connection up by librdkafka's last statistics report (every second for producers,
+/// every 5 s for the consumer), else 0 — also when reports stopped, the client being gone or
+/// blocked (see `kafka::link`).
+pub const KAFKA_CONNECTED: &str = "collector_kafka_connected";
 /// Gauge, always 1, label `version`: which build is running.
 pub const BUILD_INFO: &str = "collector_build_info";
 
@@ -161,6 +169,10 @@ pub fn transform_lag(partition: i32, messages: i64) {
     gauge!(TRANSFORM_LAG, "partition" => partition.to_string()).set(messages as f64);
 }
 
+pub fn kafka_connected(stage: &'static str, connected: bool) {
+    gauge!(KAFKA_CONNECTED, "stage" => stage).set(if connected { 1.0 } else { 0.0 });
+}
+
 pub fn transform_batch_committed(took: Duration) {
     histogram!(TRANSFORM_BATCH_DURATION).record(took.as_secs_f64());
 }
@@ -181,4 +193,89 @@ pub fn transform_failed() {
 /// A raw message Kafka refused even as a bare dead letter was dropped.
 pub fn transform_dropped() {
     counter!(TRANSFORM_DROPPED).increment(1);
+}
+
+/// The last errors of every stage, newest last, for the status page: what went wrong lately
+/// without reading the log. The same error again right after itself (a retry loop failing the
+/// same way) is counted on its entry instead of pushing the others out.
+#[derive(Debug, Default)]
+pub struct RecentErrors {
+    /// Behind a mutex: errors are rare, and the page reads once a second.
+    entries: Mutex<VecDeque<RecentError>>,
+}
+
+/// One error (or a run of the same one) as the status page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecentError {
+    /// When it happened first and last (ms since the epoch), and how often in a row.
+    pub first_ms: u64,
+    pub last_ms: u64,
+    pub count: u64,
+    /// `flusher`, `transform` or `wal`.
+    pub stage: &'static str,
+    pub message: String,
+}
+
+impl RecentErrors {
+    /// Errors kept.
+    pub const KEPT: usize = 10;
+    /// Characters of a message kept (a Kafka error can quote a whole broker list).
+    const MESSAGE_CHARS: usize = 500;
+
+    /// Notes an error of `stage` now.
+    pub fn note(&self, stage: &'static str, message: impl Into<String>) {
+        self.note_at(crate::now_ms(), stage, message.into());
+    }
+
+    fn note_at(&self, at_ms: u64, stage: &'static str, mut message: String) {
+        if let Some((cut, _)) = message.char_indices().nth(Self::MESSAGE_CHARS) {
+            message.truncate(cut);
+            message.push('…');
+        }
+        let mut entries = self.entries.lock().expect("errors lock poisoned");
+        match entries.back_mut() {
+            Some(last) if last.stage == stage && last.message == message => {
+                last.last_ms = at_ms;
+                last.count += 1;
+            }
+            _ => {
+                if entries.len() == Self::KEPT {
+                    entries.pop_front();
+                }
+                entries.push_back(RecentError { first_ms: at_ms, last_ms: at_ms, count: 1, stage, message });
+            }
+        }
+    }
+
+    /// The errors kept, newest first.
+    pub fn newest_first(&self) -> Vec<RecentError> {
+        self.entries.lock().expect("errors lock poisoned").iter().rev().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_errors_keep_the_last_ten_and_count_repeats_in_a_row() {
+        let errors = RecentErrors::default();
+        errors.note_at(1, "flusher", "Kafka is away".into());
+        errors.note_at(2, "flusher", "Kafka is away".into());
+        errors.note_at(3, "wal", "disk full".into());
+        errors.note_at(4, "flusher", "Kafka is away".into());
+        let kept = errors.newest_first();
+        assert_eq!(kept.len(), 3, "a repeat only right after itself is folded: {kept:?}");
+        assert_eq!((kept[2].first_ms, kept[2].last_ms, kept[2].count), (1, 2, 2));
+        assert_eq!((kept[0].stage, kept[0].count), ("flusher", 1));
+        for i in 0..20 {
+            errors.note_at(10 + i, "transform", format!("error {i}"));
+        }
+        let kept = errors.newest_first();
+        assert_eq!(kept.len(), RecentErrors::KEPT);
+        assert_eq!(kept[0].message, "error 19");
+        assert_eq!(kept[9].message, "error 10");
+        errors.note_at(40, "transform", "é".repeat(600));
+        assert_eq!(errors.newest_first()[0].message.chars().count(), 501, "cut, with an ellipsis");
+    }
 }

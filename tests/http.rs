@@ -135,10 +135,19 @@ async fn the_status_page_and_metrics_are_served_on_the_admin_listener_only() {
     // The admin listener: the status page, for people and machines, and the metrics.
     let html = client.get(c.admin_url("/")).send().await.unwrap();
     assert!(html.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
-    assert!(html.text().await.unwrap().contains("WAL pending records"));
+    let policy = html.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(policy.starts_with("default-src 'none'") && policy.contains("connect-src 'self'"), "{policy}");
+    assert!(html.text().await.unwrap().contains(r#"fetch("/status.json""#), "the page reads the document");
     let json = c.status().await;
     assert_eq!(json["wal"]["next_seq"], 2);
     assert_eq!(json["wal"]["pending_records"], 1, "Kafka is unreachable, so the record waits in the WAL");
+    let document: serde_json::Value =
+        client.get(c.admin_url("/status.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(document["wal"], json["wal"], "/status.json is the same document");
+    assert_eq!(document["totals"]["requests_accepted"], 1);
+    assert_eq!(document["config"]["mode"], "serve");
+    assert!(document.get("transform").is_none(), "no transform in serve");
+    assert_eq!(document["kafka"][0]["stage"], "flusher");
     let metrics = client.get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("collector_requests_accepted_total 1"), "{metrics}");
     assert!(metrics.contains("collector_wal_pending_records 1"), "{metrics}");
@@ -694,4 +703,26 @@ async fn with_kafka_away_the_oldest_pending_record_ages_on_metrics_and_the_statu
         client().get(c.admin_url("/")).header("accept", "application/json").send().await.unwrap().json().await.unwrap();
     assert!(status["oldest_pending_age_ms"].as_u64().unwrap() >= 1000, "{status}");
     assert_eq!(status["wal"]["pending_records"], 2);
+}
+
+#[tokio::test]
+async fn with_kafka_away_the_status_page_says_kafka_unreachable_and_lists_the_error() {
+    // The broker points nowhere: the flusher's first Kafka call (creating the topics) fails
+    // after its 10 s timeout.
+    let (c, _wal) = start(&[]);
+    let mut status = serde_json::Value::Null;
+    for _ in 0..60 {
+        status = c.status().await;
+        if status["state"] == "kafka_unreachable" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(status["state"], "kafka_unreachable", "{status}");
+    assert_eq!(status["ready"], true, "still accepting: the WAL absorbs");
+    assert_eq!(status["kafka"][0]["state"], "disconnected", "{status}");
+    assert_eq!(status["errors"][0]["stage"], "flusher", "{status}");
+    let metrics = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"collector_kafka_connected{stage="flusher"} 0"#), "{metrics}");
+    assert!(!metrics.contains(r#"stage="transform_consumer""#), "no transform in serve");
 }

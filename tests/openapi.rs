@@ -609,6 +609,7 @@ async fn real_answers_good_and_bad_match_the_document() {
         case("an unknown path", Public, "GET", "/nope", 404).code("not_found"),
         case("the status page on the public listener", Public, "GET", "/", 404).code("not_found"),
         case("metrics on the public listener", Public, "GET", "/metrics", 404).code("not_found"),
+        case("the status document on the public listener", Public, "GET", "/status.json", 404).code("not_found"),
         case("/collect on the admin listener", Admin, "POST", "/collect", 404)
             .json(sample.clone())
             .keyed()
@@ -624,6 +625,7 @@ async fn real_answers_good_and_bad_match_the_document() {
         case("the status page", Admin, "GET", "/", 200),
         case("the status page for a browser", Admin, "GET", "/", 200).header("accept", "text/html,*/*;q=0.8"),
         case("the status page as JSON", Admin, "GET", "/", 200).header("accept", "application/json"),
+        case("the status page's document", Admin, "GET", "/status.json", 200),
         case("metrics", Admin, "GET", "/metrics", 200),
     ];
 
@@ -729,26 +731,14 @@ async fn real_answers_good_and_bad_match_the_document() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_for_a_full_wal_and_too_many_connections_match_the_document() {
     let spec = Spec::load();
-    let wal = tempfile::tempdir().unwrap();
+    let broker = format!("127.0.0.1:{}", free_port());
     // More free space kept than any disk has: the WAL counts as full from the start.
-    let args: Vec<String> = [
-        "--brokers",
-        &format!("127.0.0.1:{}", free_port()),
-        "--wal-min-free-mib",
-        "100000000",
-        "--max-connections",
-        "1",
-        "--drain-timeout-ms",
-        "200",
-    ]
-    .map(String::from)
-    .to_vec();
-    let c = Collector::start("serve", wal.path(), 0, &args);
+    let full_wal = ["--brokers", &broker, "--wal-min-free-mib", "100000000", "--drain-timeout-ms", "200"];
+    let wal = tempfile::tempdir().unwrap();
+    let c = Collector::start("serve", wal.path(), 0, &full_wal.map(String::from));
     let mut wrong = Vec::new();
     {
         let http = client();
-        // The refused POST goes last: its body is never read, so the server closes that
-        // connection, and with --max-connections 1 a request on a new one could race its close.
         let unready = Answer::of(http.get(c.url("/readyz")).send().await.unwrap()).await;
         assert_eq!((unready.status, unready.json()["reason"].as_str()), (503, Some("wal_full")));
         wrong.extend(spec.check(Listener::Public, "GET", "/readyz", &unready).0);
@@ -769,7 +759,11 @@ async fn refusals_for_a_full_wal_and_too_many_connections_match_the_document() {
         wrong.extend(spec.check(Listener::Public, "POST", "/collect", &full).0);
     }
 
-    // --max-connections 1: an idle connection holds it; the next is refused before HTTP.
+    // --max-connections 1 (a collector of its own, so the requests above never race for the
+    // one connection): an idle connection holds it; the next is refused before HTTP.
+    let one = ["--brokers", &broker, "--max-connections", "1", "--drain-timeout-ms", "200"];
+    let wal = tempfile::tempdir().unwrap();
+    let c = Collector::start("serve", wal.path(), 0, &one.map(String::from));
     let addr = c.addr;
     let refused = tokio::task::spawn_blocking(move || {
         let mut held = vec![TcpStream::connect(addr).unwrap()];

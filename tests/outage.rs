@@ -211,6 +211,14 @@ async fn under_ack_kafka_a_200_means_kafka_has_the_batch_and_an_outage_answers_5
         tokio::task::spawn_blocking(move || kcat_ids(&brokers, &raw)).await.unwrap()
     };
 
+    // A fresh broker's transaction coordinator takes a few seconds to load: wait until the
+    // flusher is connected, so the first requests are not answered `kafka_unconfirmed`.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.status().await["flush"]["kafka_ok"] != true {
+        assert!(Instant::now() < deadline, "the flusher never connected to Kafka");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // 1. Broker up: every 200 comes after Kafka has the batch. An independent read_committed
     //    reader, started only after the answer, finds it at once.
     let mut acked = HashSet::new();

@@ -96,6 +96,13 @@ async fn the_seed_sample_arrives_as_the_documented_row() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(!seen.is_empty() && seen.iter().all(|lag| *lag == 0.0), "lag per partition: {seen:?}");
+
+    // Every stage's Kafka client is connected, by librdkafka's statistics.
+    let metrics = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for stage in ["flusher", "transform_consumer", "transform_producer"] {
+        let series = format!(r#"collector_kafka_connected{{stage="{stage}"}} 1"#);
+        assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,7 +82,9 @@ impl Flusher {
             return Ok(());
         }
         let transactional_id = self.node.flush_transactional_id();
-        let mut outbox = outbox::open(&self.kafka, self.kafka.guarantee, transactional_id, &self.options.producer);
+        let link = self.status.link.clone();
+        let mut outbox =
+            outbox::open(&self.kafka, self.kafka.guarantee, transactional_id, &self.options.producer, link);
         FlushLoop {
             flusher: &self,
             outbox: outbox.as_mut(),
@@ -167,8 +169,10 @@ impl FlushLoop<'_> {
         }
     }
 
-    /// Waits until more records are durable, the stop signal changes, or half a second passed.
-    fn wait_for_records(&self, durable: &mut watch::Receiver<u64>) {
+    /// Waits until more records are durable, the stop signal changes, or half a second passed;
+    /// serves the idle producer's statistics first (its connection state for the status page).
+    fn wait_for_records(&mut self, durable: &mut watch::Receiver<u64>) {
+        self.outbox.idle();
         let mut stop = self.stop.clone();
         self.runtime.block_on(async {
             tokio::select! {
@@ -200,6 +204,7 @@ impl FlushLoop<'_> {
         };
         *failures += 1;
         error!(error = %error, attempt = *failures, "Reading the WAL failed; retrying.");
+        self.flusher.status.wal_failed(format!("reading WAL records from {next} failed: {error}"));
         if *failures >= READ_FAILURES_BEFORE_ISOLATING {
             if let Some(found) = self.isolate(next, upto, *failures)? {
                 *failures = 0;

@@ -3,10 +3,17 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
+
+use crate::kafka::KafkaLink;
+use crate::telemetry::RecentErrors;
+
+/// How often the flusher's producer reports its statistics (its connection state).
+const STATISTICS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How many set-aside sequence numbers are remembered for waiting requests: far more than can
 /// be set aside while one request waits (each takes three refused deliveries).
@@ -26,18 +33,17 @@ pub struct FlushStatus {
     confirmed: watch::Sender<u64>,
     /// Recently set-aside records: confirmed in the sense above, yet not in Kafka.
     set_aside: Mutex<VecDeque<u64>>,
+    /// The producer's connection state (stage `flusher`).
+    pub link: Arc<KafkaLink>,
+    /// Where every failure is also noted, with the other stages' (stage `flusher`, or `wal`
+    /// for a WAL the flusher cannot read).
+    errors: Arc<RecentErrors>,
 }
 
 impl Default for FlushStatus {
+    /// With errors noted nowhere else (unit tests).
     fn default() -> Self {
-        FlushStatus {
-            kafka_ok: AtomicBool::new(false),
-            failing: AtomicBool::new(false),
-            delivered_records: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-            confirmed: watch::channel(0).0,
-            set_aside: Mutex::new(VecDeque::new()),
-        }
+        FlushStatus::new(Arc::default())
     }
 }
 
@@ -60,12 +66,31 @@ pub enum Fate {
 }
 
 impl FlushStatus {
+    /// A flusher's status that notes its failures in `errors` too.
+    pub fn new(errors: Arc<RecentErrors>) -> Self {
+        FlushStatus {
+            kafka_ok: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+            delivered_records: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            confirmed: watch::channel(0).0,
+            set_aside: Mutex::new(VecDeque::new()),
+            link: Arc::new(KafkaLink::new("flusher", STATISTICS_INTERVAL)),
+            errors,
+        }
+    }
+
     pub fn snapshot(&self) -> FlushSnapshot {
         FlushSnapshot {
             kafka_ok: self.kafka_ok.load(Ordering::Relaxed),
             delivered_records: self.delivered_records.load(Ordering::Relaxed),
             last_error: self.last_error.lock().expect("status lock poisoned").clone(),
         }
+    }
+
+    /// Records delivered since start (one atomic read, for the status page's sampler).
+    pub fn delivered_records(&self) -> u64 {
+        self.delivered_records.load(Ordering::Relaxed)
     }
 
     /// Whether the flusher's last Kafka call failed and it is retrying.
@@ -118,10 +143,19 @@ impl FlushStatus {
         self.connected();
     }
 
+    /// A Kafka call failed: the status page says so, and the producer counts as disconnected
+    /// until it reports again.
     pub(super) fn failed(&self, error: String) {
         self.kafka_ok.store(false, Ordering::Relaxed);
         self.failing.store(true, Ordering::Release);
+        self.link.call_failed();
+        self.errors.note("flusher", error.as_str());
         *self.last_error.lock().expect("status lock poisoned") = Some(error);
+    }
+
+    /// Reading the WAL failed.
+    pub(super) fn wal_failed(&self, error: String) {
+        self.errors.note("wal", error);
     }
 }
 

@@ -24,6 +24,12 @@
 //! `/healthz` and `/readyz`. Both serve `/openapi.json`, the OpenAPI 3.1 document of every route
 //! and error code ([`openapi`]).
 //!
+//! The status page is one static, self-contained HTML page that reads the status document
+//! (`/status.json`, or `/` with `Accept: application/json`) every second and updates itself:
+//! the state, throughput and backlog with their last five minutes ([`History`], sampled by
+//! [`sample`]), the WAL, each Kafka client's connection, the transform's lag, the last errors
+//! and a [`ConfigSummary`].
+//!
 //! Every answer carries an `X-Request-Id`, the client's or a new one, and every log line about
 //! the request carries the same id ([`request_id`]).
 //!
@@ -35,11 +41,14 @@ pub mod auth;
 mod body;
 pub mod cors;
 mod error;
+mod history;
 mod openapi;
 pub mod request_id;
+mod sampler;
 pub mod server;
 mod state;
 mod status;
+mod summary;
 pub mod validate;
 
 pub use ack::Ack;
@@ -47,6 +56,9 @@ pub use auth::{ApiKeys, ClientId};
 pub use body::{decode_body, BodyLimits};
 pub use cors::Cors;
 pub use error::IngestError;
+pub use history::History;
+pub use sampler::sample;
 pub use server::{admin_router, router, serve};
-pub use state::{IngestState, ServerOptions, Unready};
+pub use state::{Accepted, IngestState, ServerOptions, Unready};
+pub use summary::ConfigSummary;
 pub use validate::EventLimits;

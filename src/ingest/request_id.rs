@@ -49,7 +49,7 @@ pub async fn tag(req: Request, next: Next) -> Response {
 /// The metric label of a request's route: one of the routers' own paths (all of them fixed
 /// paths, so the request's path is its route), or `other`.
 fn route_label(path: &str) -> &'static str {
-    const ROUTES: [&str; 6] = ["/collect", "/healthz", "/readyz", "/openapi.json", "/", "/metrics"];
+    const ROUTES: [&str; 7] = ["/collect", "/healthz", "/readyz", "/openapi.json", "/", "/status.json", "/metrics"];
     ROUTES.into_iter().find(|r| *r == path).unwrap_or("other")
 }
 

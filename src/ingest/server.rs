@@ -82,10 +82,15 @@ pub fn router(state: Arc<IngestState>) -> Router {
     with_common_routes(Router::new().route("/collect", collect), state)
 }
 
-/// The admin router: the status page `/`, `/metrics`, `/healthz`, `/readyz` and
-/// `/openapi.json`; nothing that takes data. It reports on the same state as the public router.
+/// The admin router: the status page `/` (and its document `/status.json`), `/metrics`,
+/// `/healthz`, `/readyz` and `/openapi.json`; nothing that takes data. It reports on the same
+/// state as the public router.
 pub fn admin_router(state: Arc<IngestState>) -> Router {
-    with_common_routes(Router::new().route("/", get(status::home)).route("/metrics", get(status::metrics)), state)
+    let routes = Router::new()
+        .route("/", get(status::home))
+        .route("/status.json", get(status::document))
+        .route("/metrics", get(status::metrics));
+    with_common_routes(routes, state)
 }
 
 /// What both routers add to their own routes: `/healthz`, `/readyz`, `/openapi.json`, the JSON
@@ -143,6 +148,7 @@ async fn collect(
         crate::telemetry::request_deduplicated();
     } else {
         crate::telemetry::request_accepted(events);
+        state.accepted.add(events);
     }
     Ok(Json(Receipt { status: "ok", seq, events, duplicate }))
 }

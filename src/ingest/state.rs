@@ -1,5 +1,6 @@
-//! What the handlers share: the WAL writer, settings, live status, and whether this collector
-//! should take traffic right now.
+//! What the handlers share: the WAL writer, settings, live status (the stages' own, and the
+//! history and recent errors the status page shows), and whether this collector should take
+//! traffic right now.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,10 +13,15 @@ use super::ack::Ack;
 use super::auth::{ApiKeys, HoldsApiKeys};
 use super::body::BodyLimits;
 use super::cors::Cors;
+use super::history::{History, Totals};
+use super::summary::ConfigSummary;
 use super::validate::EventLimits;
 use super::IngestError;
 use crate::flush::FlushStatus;
 use crate::heal::DiskWatch;
+use crate::kafka::KafkaLink;
+use crate::telemetry::RecentErrors;
+use crate::transform::TransformStatus;
 use crate::wal::{LogStore, WalFault, WalHealth, WalWriter};
 
 /// Settings of the HTTP server.
@@ -65,6 +71,32 @@ pub struct IngestState {
     pub health: Arc<WalHealth>,
     /// Free space on the WAL's filesystem.
     pub disk: Arc<DiskWatch>,
+    /// Requests and events accepted since start, for the status page's history.
+    pub accepted: Accepted,
+    /// The transform worker's status, when it runs in this process (`collector run`).
+    pub transform: Option<Arc<TransformStatus>>,
+    /// Every stage's last errors.
+    pub errors: Arc<RecentErrors>,
+    /// Throughput and backlog, a sample a second (see `history.rs`).
+    pub history: History,
+    /// The configuration, as the status page shows it.
+    pub summary: ConfigSummary,
+}
+
+/// Requests and events accepted since start: readable copies of the Prometheus counters (which
+/// cannot be read back), one relaxed add each per accepted request.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    requests: AtomicU64,
+    events: AtomicU64,
+}
+
+impl Accepted {
+    /// One more request with `events` events is in the WAL.
+    pub fn add(&self, events: usize) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.events.fetch_add(events as u64, Ordering::Relaxed);
+    }
 }
 
 impl HoldsApiKeys for IngestState {
@@ -168,5 +200,25 @@ impl IngestState {
     /// The WAL's fault, for the status page.
     pub fn wal_fault(&self) -> Option<WalFault> {
         self.health.fault()
+    }
+
+    /// The counters of every stage in this process, now.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            requests_accepted: self.accepted.requests.load(Ordering::Relaxed),
+            events_accepted: self.accepted.events.load(Ordering::Relaxed),
+            records_delivered: self.flush.delivered_records(),
+            rows_transformed: self.transform.as_ref().map_or(0, |t| t.rows()),
+        }
+    }
+
+    /// The Kafka clients of the stages in this process: the flusher's producer, and the
+    /// transform's consumer and producer.
+    pub fn kafka_links(&self) -> Vec<&KafkaLink> {
+        let mut links = vec![&*self.flush.link];
+        if let Some(t) = &self.transform {
+            links.extend([&*t.consumer, &*t.producer]);
+        }
+        links
     }
 }

@@ -1,8 +1,14 @@
-//! Status endpoints: the home page (HTML for people, JSON for machines), liveness, readiness
-//! and Prometheus metrics.
+//! Status endpoints: the home page (a live page for people, the status document for machines),
+//! liveness, readiness and Prometheus metrics.
+//!
+//! The page (`status.html`) is static and self-contained (its style and script inline; its
+//! Content-Security-Policy lets it load nothing else and talk only to this listener); it asks
+//! for the status document every second and writes every value with `textContent`, so nothing
+//! from the document is ever read as HTML.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -10,18 +16,34 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use super::state::IngestState;
+use super::history::{HistorySnapshot, Totals};
+use super::state::{IngestState, Unready};
+use super::summary::ConfigSummary;
 use crate::flush::FlushSnapshot;
-use crate::wal::{record, LogStore, WalStats};
+use crate::kafka::{LinkSnapshot, LinkState};
+use crate::telemetry::RecentError;
+use crate::transform::TransformSnapshot;
+use crate::wal::{record, LogStore, WalFault, WalStats};
 
+/// The status page.
+const PAGE: &str = include_str!("status.html");
+
+/// Nothing but the page itself, its inline style and script, and requests to this listener.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+     img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The status document (`/status.json`).
 #[derive(Serialize)]
-struct Status {
+struct Status<'a> {
     service: &'static str,
     version: &'static str,
-    node_id: String,
+    node_id: &'a str,
     ready: bool,
     draining: bool,
     uptime_secs: u64,
+    /// The one word for the page's headline, and a sentence saying what it means.
+    state: Headline,
+    state_detail: String,
     /// Why the WAL takes no appends (a failed or stalled disk), if it does not.
     #[serde(skip_serializing_if = "Option::is_none")]
     wal_fault: Option<String>,
@@ -31,87 +53,123 @@ struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     oldest_pending_age_ms: Option<u64>,
     flush: FlushSnapshot,
+    totals: Totals,
+    /// Each Kafka client of the stages in this process.
+    kafka: Vec<LinkSnapshot>,
+    /// Absent without a transform in this process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transform: Option<TransformSnapshot>,
+    /// Newest first.
+    errors: Vec<RecentError>,
+    history: HistorySnapshot,
+    config: &'a ConfigSummary,
 }
 
-fn snapshot(state: &IngestState) -> Status {
-    let (wal, oldest_pending_age_ms) = wal_levels(state);
-    let draining = state.draining.load(Ordering::Acquire);
-    let ready = state.unready().is_none();
-    Status {
-        service: "collector",
-        version: env!("CARGO_PKG_VERSION"),
-        node_id: state.node_id.clone(),
-        ready,
-        draining,
-        uptime_secs: state.started.elapsed().as_secs(),
-        wal_fault: state.wal_fault().map(|f| match f {
-            crate::wal::WalFault::Failed(reason) => format!("failed: {reason}"),
-            crate::wal::WalFault::Stalled(running) => format!("a group commit has run for {running:?}"),
-        }),
-        wal,
-        oldest_pending_age_ms,
-        flush: state.flush.snapshot(),
+/// What the collector is doing, in one word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Headline {
+    Accepting,
+    Draining,
+    WalFull,
+    WalFailed,
+    KafkaUnreachable,
+}
+
+/// The headline: why ingest refuses, if it does (readiness decides); else whether Kafka is
+/// reachable: not if a client is disconnected, or the flusher's last call failed and its
+/// producer has not reported a connection since.
+fn headline(unready: Option<Unready>, links: &[LinkSnapshot], flush_failing: bool) -> Headline {
+    match unready {
+        Some(Unready::Draining) => Headline::Draining,
+        Some(Unready::WalUnavailable) => Headline::WalFailed,
+        Some(Unready::WalFull) => Headline::WalFull,
+        Some(Unready::KafkaUnavailable) => Headline::KafkaUnreachable,
+        None => {
+            let disconnected = links.iter().any(|l| l.state == LinkState::Disconnected);
+            let flusher_up = links.iter().any(|l| l.stage == "flusher" && l.state == LinkState::Connected);
+            if disconnected || (flush_failing && !flusher_up) {
+                Headline::KafkaUnreachable
+            } else {
+                Headline::Accepting
+            }
+        }
     }
 }
 
+/// The headline in a sentence; `acks_after_kafka`: `--ack kafka`, which refuses while Kafka is
+/// away instead of filling the WAL.
+fn detail(headline: Headline, fault: Option<&str>, acks_after_kafka: bool) -> String {
+    match headline {
+        Headline::Accepting => "Accepting events; the WAL is delivered to Kafka as it fills.".into(),
+        Headline::Draining => {
+            "Shutting down: no new requests; delivering what the WAL holds before exit.".into()
+        }
+        Headline::WalFull => {
+            "The WAL holds its quota (or its disk is down to the space kept free): /collect answers 503 until Kafka takes the backlog.".into()
+        }
+        Headline::WalFailed => format!(
+            "The WAL takes no appends ({}): /collect answers 503; the collector reopens it once the disk works.",
+            fault.unwrap_or("a storage fault")
+        ),
+        Headline::KafkaUnreachable if acks_after_kafka => {
+            "Kafka is unreachable, and this collector answers only once Kafka has a batch (--ack kafka): /collect answers 503 kafka_unavailable until it is back.".into()
+        }
+        Headline::KafkaUnreachable => {
+            "Kafka is unreachable: events are still accepted, and wait in the WAL (up to its quota) until it is back.".into()
+        }
+    }
+}
+
+fn snapshot(state: &IngestState) -> Status<'_> {
+    let (wal, oldest_pending_age_ms) = wal_levels(state);
+    let now = Instant::now();
+    let kafka: Vec<LinkSnapshot> = state.kafka_links().iter().map(|link| link.publish(now)).collect();
+    let flush = state.flush.snapshot();
+    let wal_fault = state.wal_fault().map(|f| match f {
+        WalFault::Failed(reason) => format!("failed: {reason}"),
+        WalFault::Stalled(running) => format!("a group commit has run for {running:?}"),
+    });
+    let unready = state.unready();
+    let headline = headline(unready, &kafka, !flush.kafka_ok && flush.last_error.is_some());
+    Status {
+        service: "collector",
+        version: env!("CARGO_PKG_VERSION"),
+        node_id: &state.node_id,
+        ready: unready.is_none(),
+        draining: state.draining.load(Ordering::Acquire),
+        uptime_secs: state.started.elapsed().as_secs(),
+        state: headline,
+        state_detail: detail(headline, wal_fault.as_deref(), state.options.ack != crate::ingest::Ack::Wal),
+        wal_fault,
+        wal,
+        oldest_pending_age_ms,
+        flush,
+        totals: state.totals(),
+        kafka,
+        transform: state.transform.as_ref().map(|t| t.snapshot()),
+        errors: state.errors.newest_first(),
+        history: state.history.snapshot(),
+        config: &state.summary,
+    }
+}
+
+/// `/`: the status page, or the status document for `Accept: application/json`.
 pub async fn home(State(state): State<Arc<IngestState>>, headers: HeaderMap) -> Response {
-    let status = snapshot(&state);
     let wants_json = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json") && !v.contains("text/html"));
     if wants_json {
-        return Json(status).into_response();
+        return document(State(state)).await;
     }
-    let kafka = match (&status.flush.last_error, status.flush.kafka_ok) {
-        (_, true) => "delivering".to_string(),
-        (Some(e), false) => format!("retrying: {}", html_escape(e)),
-        (None, false) => "not connected yet".to_string(),
-    };
-    Html(format!(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
-<title>collector</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem}}
-td{{padding:.2rem 1rem .2rem 0}}code{{background:#f3f3f3;padding:0 .3rem}}</style></head>
-<body><h1>collector</h1>
-<p>Durable event collector for Kafka. <code>POST /collect</code> with a JSON batch of events;
-a 200 means the batch is on disk and will reach Kafka.</p>
-<table>
-<tr><td>status</td><td><b>{state_word}</b></td></tr>
-<tr><td>node</td><td>{node}</td></tr>
-<tr><td>uptime</td><td>{uptime}s</td></tr>
-<tr><td>WAL pending records</td><td>{pending}</td></tr>
-<tr><td>oldest pending record</td><td>{oldest}</td></tr>
-<tr><td>WAL next sequence</td><td>{next}</td></tr>
-<tr><td>delivered to Kafka through</td><td>{delivered}</td></tr>
-<tr><td>WAL segments / disk</td><td>{segments} / {disk} bytes</td></tr>
-<tr><td>quarantined records</td><td>{quarantined}</td></tr>
-<tr><td>Kafka</td><td>{kafka}</td></tr>
-</table>
-<p><a href="/metrics">metrics</a> · <a href="/healthz">healthz</a> · <a href="/readyz">readyz</a> ·
-JSON: <code>curl -H 'Accept: application/json' /</code></p>
-</body></html>"#,
-        state_word = if status.draining {
-            "draining"
-        } else if status.ready {
-            "accepting"
-        } else {
-            "WAL full: refusing with 503 until Kafka catches up"
-        },
-        node = html_escape(&status.node_id),
-        uptime = status.uptime_secs,
-        pending = status.wal.pending_records,
-        oldest = status
-            .oldest_pending_age_ms
-            .map_or("none".to_string(), |ms| format!("accepted {:.1} s ago", ms as f64 / 1000.0)),
-        next = status.wal.next_seq,
-        delivered = status.wal.delivered_through,
-        segments = status.wal.segments,
-        disk = status.wal.disk_bytes,
-        quarantined = status.wal.quarantined,
-    ))
-    .into_response()
+    let headers = [(header::CONTENT_SECURITY_POLICY, PAGE_POLICY), (header::CACHE_CONTROL, "no-store")];
+    (headers, Html(PAGE)).into_response()
+}
+
+/// `/status.json`: the status document.
+pub async fn document(State(state): State<Arc<IngestState>>) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], Json(snapshot(&state))).into_response()
 }
 
 pub async fn healthz() -> Json<serde_json::Value> {
@@ -154,6 +212,40 @@ fn oldest_pending_age_ms(log: &dyn LogStore, wal: &WalStats) -> Option<u64> {
     Some(crate::now_ms().saturating_sub(entry.received_at_ms))
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(stage: &'static str, state: LinkState) -> LinkSnapshot {
+        LinkSnapshot { stage, state, brokers_up: 0, brokers_known: 0, report_age_ms: None, for_ms: 0 }
+    }
+
+    #[test]
+    fn the_headline_says_why_ingest_refuses_first_then_whether_kafka_is_reachable() {
+        let up = [link("flusher", LinkState::Connected), link("transform_consumer", LinkState::Connected)];
+        assert_eq!(headline(None, &up, false), Headline::Accepting);
+        assert_eq!(headline(Some(Unready::Draining), &up, false), Headline::Draining);
+        assert_eq!(headline(Some(Unready::WalFull), &up, true), Headline::WalFull);
+        assert_eq!(headline(Some(Unready::WalUnavailable), &up, false), Headline::WalFailed);
+        let consumer_down =
+            [link("flusher", LinkState::Connected), link("transform_consumer", LinkState::Disconnected)];
+        assert_eq!(headline(None, &consumer_down, false), Headline::KafkaUnreachable);
+        // Starting: no report yet is not an outage; a failed call without a report since is.
+        let starting = [link("flusher", LinkState::Unknown)];
+        assert_eq!(headline(None, &starting, false), Headline::Accepting);
+        assert_eq!(headline(None, &starting, true), Headline::KafkaUnreachable);
+        // A failed batch while the producer is connected (a refused record, say) is an error
+        // to list, not an outage.
+        assert_eq!(headline(None, &up, true), Headline::Accepting);
+    }
+
+    #[test]
+    fn the_page_is_self_contained_and_reads_the_document_without_reloading() {
+        for external in ["src=", "href=\"http", "url(", "@import"] {
+            assert!(!PAGE.contains(external), "no external resource: {external}");
+        }
+        assert!(!PAGE.contains("http-equiv"), "no meta refresh");
+        assert!(PAGE.contains("fetch(\"/status.json\""));
+        assert!(!PAGE.contains("innerHTML"), "values are written with textContent");
+    }
 }

@@ -12,11 +12,13 @@
 //! flusher's time per batch (loadtest/PROFILE.md, "Fourth step"). A slice waits on librdkafka's
 //! queue, so this does not spin.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+
+use super::KafkaLink;
 
 /// Producer context that counts outstanding deliveries and records failures.
 #[derive(Default)]
@@ -24,6 +26,27 @@ pub struct TrackingContext {
     /// Behind a mutex because librdkafka calls `delivery` from the thread that polls, which is
     /// also the thread that sends; contention is nil.
     state: Mutex<Tracked>,
+    /// Where the producer's statistics go (its stage's connection state), if anywhere.
+    link: Option<Arc<KafkaLink>>,
+}
+
+impl TrackingContext {
+    /// A context whose producer reports its connection state to `link` (the producer sets
+    /// `statistics.interval.ms` to the link's interval: [`statistics_interval_ms`]).
+    pub fn reporting_to(link: Option<Arc<KafkaLink>>) -> Self {
+        TrackingContext { state: Mutex::default(), link }
+    }
+
+    fn report(&self, statistics: rdkafka::Statistics) {
+        if let Some(link) = &self.link {
+            link.reported(&statistics);
+        }
+    }
+}
+
+/// The `statistics.interval.ms` a producer reporting to `link` sets (none without a link).
+pub fn statistics_interval_ms(link: Option<&Arc<KafkaLink>>) -> Option<String> {
+    link.map(|link| link.interval().as_millis().to_string())
 }
 
 #[derive(Default)]
@@ -34,7 +57,7 @@ struct Tracked {
 
 pub type TrackingProducer = BaseProducer<TrackingContext>;
 
-super::context::logs_to_tracing!(TrackingContext);
+super::context::logs_to_tracing!(TrackingContext, stats: TrackingContext::report);
 
 impl ProducerContext for TrackingContext {
     type DeliveryOpaque = usize;

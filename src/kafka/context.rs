@@ -33,7 +33,7 @@ pub fn error(error: KafkaError, reason: &str) {
 /// Implements `ClientContext` for a context type by routing librdkafka's logs and errors
 /// through [`log`] and [`error`]: the one place every client of the collector logs from.
 /// `stats: path` also hands librdkafka's statistics (sent every `statistics.interval.ms`, when
-/// the client sets it) to that function.
+/// the client sets it) to that function, with the context: `fn(&Context, Statistics)`.
 macro_rules! logs_to_tracing {
     ($context:ty $(, stats: $stats:path)?) => {
         impl rdkafka::client::ClientContext for $context {
@@ -47,7 +47,7 @@ macro_rules! logs_to_tracing {
 
             $(
                 fn stats(&self, statistics: rdkafka::Statistics) {
-                    $stats(statistics);
+                    $stats(self, statistics);
                 }
             )?
         }

@@ -7,12 +7,14 @@
 //! produces: a batch plus the stage's offsets, committed together (exactly-once) or delivered
 //! with every refusal reported (at-least-once); it sends through [`batch::Batch`], which waits
 //! until Kafka confirmed or refused every message. Every client logs through one context
-//! ([`LogContext`] and the `logs_to_tracing!` macro).
+//! ([`LogContext`] and the `logs_to_tracing!` macro); the stages' clients also report their
+//! connection state to a [`KafkaLink`] from librdkafka's statistics.
 
 mod admin;
 pub mod batch;
 pub(crate) mod context;
 mod error;
+pub mod link;
 pub mod outbox;
 mod settings;
 
@@ -20,6 +22,7 @@ pub use admin::{ensure_topics, ensure_topics_retrying};
 pub(crate) use context::logs_to_tracing;
 pub use context::LogContext;
 pub use error::KafkaStageError;
+pub use link::{KafkaLink, LinkSnapshot, LinkState};
 pub use outbox::{Delivered, Offsets, OutMessage, Outbox, OutboxError, ProducerOptions, TxnTimeouts};
 pub use settings::{is_secret_property, Guarantee, KafkaSettings, MASKED, MESSAGE_OVERHEAD_BYTES};
 

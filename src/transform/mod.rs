@@ -6,7 +6,8 @@
 //! key = `user_id`, value = `{"event_type","event_time","user_id","browser","device"}`
 //! ([`row`], reading bodies with [`crate::schema`]). A raw message the transform cannot read
 //! goes, unchanged, to the dead-letter topic with the reason in the `collector-error` header;
-//! it never stalls its partition. It produces through the [`crate::kafka::outbox`].
+//! it never stalls its partition. It produces through the [`crate::kafka::outbox`]. What it
+//! did and how its clients are connected is in its [`TransformStatus`], for the status page.
 //!
 //! Exactly-once (default): rows, dead letters and the consumer offsets of a batch are one Kafka
 //! transaction (`transactional.id` = `collector-transform-<node id>`), so for `read_committed`
@@ -21,10 +22,12 @@ pub mod admin;
 pub mod outs;
 pub mod row;
 pub mod source;
+mod status;
 mod worker;
 
 pub use row::{Row, Transformer};
 pub use source::BatchLimit;
+pub use status::{TransformSnapshot, TransformStatus};
 pub use worker::{spawn, TransformOptions};
 
 #[cfg(test)]

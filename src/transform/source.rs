@@ -22,8 +22,9 @@
 //! [`FENCED_AGAIN_WINDOW`] means a live rival — the two would fence each other in a loop — and
 //! the worker stops with [`KafkaStageError::Fenced`], as it does when its producer is fenced.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -32,6 +33,7 @@ use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
+use super::status::TransformStatus;
 use super::TransformOptions;
 use crate::kafka::{KafkaSettings, KafkaStageError, Offsets};
 use crate::node::NodeId;
@@ -68,31 +70,35 @@ pub struct BatchLimit {
     pub bytes: usize,
 }
 
-/// Notices rebalances, so a batch that straddles one is dropped.
-#[derive(Default)]
+/// Notices rebalances, so a batch that straddles one is dropped; hands the consumer's
+/// statistics (every [`super::status::CONSUMER_STATISTICS_INTERVAL`]) to the worker's status.
 pub struct RebalanceWatch {
     happened: AtomicBool,
+    status: Arc<TransformStatus>,
 }
 
-crate::kafka::logs_to_tracing!(RebalanceWatch, stats: report_lag);
+crate::kafka::logs_to_tracing!(RebalanceWatch, stats: report);
 
-/// How often librdkafka reports the consumer's statistics, and so the lag per partition.
-const STATISTICS_INTERVAL_MS: &str = "5000";
-
-/// Sets the consumer-lag gauge of every partition of the raw topic from librdkafka's
-/// statistics: the messages between what this worker has read and the partition's last stable
-/// offset (`consumer_lag_stored`; the committed offset librdkafka tracks does not see offsets
+/// Takes a statistics report of the consumer: its connection state, and the lag of every
+/// partition of the raw topic (a gauge each, and the status page's figures): the messages
+/// between what this worker has read and the partition's last stable offset
+/// (`consumer_lag_stored`; the committed offset librdkafka tracks does not see offsets
 /// committed through a producer's transaction). 0 for partitions this worker does not own, so
 /// that a sum over workers is each partition's lag.
-fn report_lag(statistics: rdkafka::Statistics) {
+fn report(watch: &RebalanceWatch, statistics: rdkafka::Statistics) {
+    watch.status.consumer.reported(&statistics);
+    let mut lags = BTreeMap::new();
     for topic in statistics.topics.values() {
         for (partition, stats) in &topic.partitions {
             // -1 is librdkafka's internal "unassigned" partition.
             if *partition >= 0 {
-                crate::telemetry::transform_lag(*partition, stats.consumer_lag_stored.max(0));
+                let lag = stats.consumer_lag_stored.max(0);
+                crate::telemetry::transform_lag(*partition, lag);
+                lags.insert(*partition, lag);
             }
         }
     }
+    watch.status.lag(lags);
 }
 
 impl ConsumerContext for RebalanceWatch {
@@ -116,6 +122,8 @@ pub struct KafkaSource {
     instance_id: String,
     /// When the broker last fenced this member: a second fence soon after means a rival.
     fenced_at: Option<Instant>,
+    /// Where the consumer reports (statistics, failures).
+    status: Arc<TransformStatus>,
 }
 
 /// Fenced twice within this time: another live worker uses our instance id. A rival fences us
@@ -124,7 +132,8 @@ pub const FENCED_AGAIN_WINDOW: Duration = Duration::from_secs(60);
 
 impl KafkaSource {
     /// Joins the group of `options` as the static member `collector-transform-<node>` and
-    /// subscribes to the raw topic (from the earliest offset if the group is new).
+    /// subscribes to the raw topic (from the earliest offset if the group is new); the consumer
+    /// reports to `status`.
     ///
     /// # Errors
     /// [`KafkaStageError`] for an invalid configuration or a refused subscription.
@@ -132,6 +141,7 @@ impl KafkaSource {
         kafka: &KafkaSettings,
         options: &TransformOptions,
         node: &NodeId,
+        status: Arc<TransformStatus>,
     ) -> Result<Self, KafkaStageError> {
         // The worker's transactional.id is already unique per worker and kept across restarts.
         let instance_id = node.transform_transactional_id();
@@ -140,19 +150,20 @@ impl KafkaSource {
         // Kafka's rule of thumb: at least three heartbeats per session, so one lost heartbeat
         // does not evict a live worker (librdkafka's default interval is 3 s).
         let heartbeat = (session_ms / 3).clamp(100, 3000).to_string();
+        let statistics_ms = status.consumer.interval().as_millis().to_string();
         let config = kafka.client_config(&[
             ("group.id", &options.group_id),
             ("group.instance.id", &instance_id),
             ("session.timeout.ms", &session_timeout),
             ("heartbeat.interval.ms", &heartbeat),
             ("enable.auto.commit", "false"),
-            ("statistics.interval.ms", STATISTICS_INTERVAL_MS),
+            ("statistics.interval.ms", &statistics_ms),
             ("auto.offset.reset", "earliest"),
             ("isolation.level", "read_committed"),
             ("enable.partition.eof", "false"),
         ]);
-        let consumer = join(&config, &kafka.raw_topic)?;
-        Ok(KafkaSource { consumer, config, topic: kafka.raw_topic.clone(), instance_id, fenced_at: None })
+        let consumer = join(&config, &kafka.raw_topic, &status)?;
+        Ok(KafkaSource { consumer, config, topic: kafka.raw_topic.clone(), instance_id, fenced_at: None, status })
     }
 
     /// After a fatal consumer error: a first fence rebuilds the consumer and rejoins; anything
@@ -168,7 +179,7 @@ impl KafkaSource {
                 }
                 warn!(instance_id = %self.instance_id, "The group fenced this worker's membership (a broker restart, or another worker with this node id); rejoining. Fenced again within a minute, it stops.");
                 self.fenced_at = Some(Instant::now());
-                self.consumer = join(&self.config, &self.topic)?;
+                self.consumer = join(&self.config, &self.topic, &self.status)?;
                 Ok(())
             }
             Some((code, reason)) => {
@@ -180,10 +191,15 @@ impl KafkaSource {
     }
 }
 
-/// A consumer of `config` subscribed to `topic`.
-fn join(config: &ClientConfig, topic: &str) -> Result<BaseConsumer<RebalanceWatch>, KafkaStageError> {
+/// A consumer of `config` subscribed to `topic`, reporting to `status`.
+fn join(
+    config: &ClientConfig,
+    topic: &str,
+    status: &Arc<TransformStatus>,
+) -> Result<BaseConsumer<RebalanceWatch>, KafkaStageError> {
+    let watch = RebalanceWatch { happened: AtomicBool::new(false), status: status.clone() };
     let consumer: BaseConsumer<RebalanceWatch> =
-        config.create_with_context(RebalanceWatch::default()).map_err(|e| KafkaStageError::Config(e.to_string()))?;
+        config.create_with_context(watch).map_err(|e| KafkaStageError::Config(e.to_string()))?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
 }
@@ -214,6 +230,7 @@ impl Source for KafkaSource {
                 }
                 Some(Err(e)) => {
                     warn!(error = %e, "Consuming from the raw topic failed.");
+                    self.status.failed(&[&self.status.consumer], format!("consuming from the raw topic failed: {e}"));
                     break;
                 }
             }

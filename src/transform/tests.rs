@@ -92,6 +92,7 @@ fn run(batches: Vec<Vec<OwnedMessage>>, outbox: &mut FakeOutbox) -> (Result<(), 
         stop: &stop,
         outbox,
         source: &mut source,
+        status: &TransformStatus::default(),
     }
     .run();
     (result, source)

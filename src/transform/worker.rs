@@ -9,6 +9,7 @@
 //! - at-least-once: rows are resent until Kafka confirmed every one, then the offsets are
 //!   committed.
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use tracing::{error, info, warn};
 use super::outs::{self, Out, Poisoned};
 use super::row::Transformer;
 use super::source::{BatchLimit, KafkaSource, Source};
+use super::status::TransformStatus;
 use crate::kafka::outbox::{self, Outcome};
 use crate::kafka::{self, Delivered, KafkaSettings, KafkaStageError, Outbox, OutboxError, ProducerOptions};
 use crate::node::NodeId;
@@ -42,7 +44,8 @@ pub struct TransformOptions {
 }
 
 /// Starts the worker thread; `node` names its transactional producer
-/// (`collector-transform-<node>`). It stops, committing nothing more, once `stop` fires.
+/// (`collector-transform-<node>`). It stops, committing nothing more, once `stop` fires. It
+/// reports what it does, and how its clients are connected, to `status`.
 ///
 /// # Errors
 /// Only permanent errors end the worker: invalid client configuration, or being fenced by
@@ -53,10 +56,11 @@ pub fn spawn(
     node: NodeId,
     runtime: Handle,
     stop: Stop,
+    status: Arc<TransformStatus>,
 ) -> JoinHandle<Result<(), KafkaStageError>> {
     std::thread::Builder::new()
         .name("transform".into())
-        .spawn(move || run(&kafka, &options, &node, &runtime, &stop))
+        .spawn(move || run(&kafka, &options, &node, &runtime, &stop, &status))
         .expect("spawning the transform thread")
 }
 
@@ -66,16 +70,19 @@ fn run(
     node: &NodeId,
     runtime: &Handle,
     stop: &Stop,
+    status: &Arc<TransformStatus>,
 ) -> Result<(), KafkaStageError> {
     let topics = [kafka.raw_topic.as_str(), kafka.transformed_topic.as_str(), kafka.dead_letter_topic.as_str()];
     let mut backoff = Backoff::new(Duration::from_secs(5));
     let created = kafka::ensure_topics_retrying(kafka, &topics, runtime, stop, &mut backoff, |e| {
+        status.failed(&[&status.consumer, &status.producer], format!("creating the topics failed: {e}"));
         warn!(error = %e, "Cannot create the transform's topics yet; retrying.");
     })?;
     if !created {
         return Ok(());
     }
-    let mut outbox = outbox::open(kafka, kafka.guarantee, node.transform_transactional_id(), &options.producer);
+    let id = node.transform_transactional_id();
+    let mut outbox = outbox::open(kafka, kafka.guarantee, id, &options.producer, status.producer.clone());
     // The producer first: its init_transactions fences a crashed predecessor and aborts the
     // transaction it left open. Until then that transaction's pending offsets keep our
     // partitions' committed offsets unreadable (read_committed) and its rows hold back readers
@@ -84,14 +91,15 @@ fn run(
         if e.is_permanent() {
             return Err(e.into());
         }
+        status.failed(&[&status.producer], format!("initialising the producer failed: {e}"));
         warn!(error = %e, "Cannot initialise the transform's producer yet; retrying.");
         if backoff.pause(runtime, stop) {
             return Ok(());
         }
     }
-    let mut source = KafkaSource::subscribe(kafka, options, node)?;
+    let mut source = KafkaSource::subscribe(kafka, options, node, status.clone())?;
     info!(group = %options.group_id, topic = %kafka.raw_topic, guarantee = ?kafka.guarantee, "Transform worker started.");
-    Worker { kafka, options, runtime, stop, outbox: outbox.as_mut(), source: &mut source }.run()?;
+    Worker { kafka, options, runtime, stop, outbox: outbox.as_mut(), source: &mut source, status }.run()?;
     info!("Transform worker stopped.");
     Ok(())
 }
@@ -104,6 +112,7 @@ pub(super) struct Worker<'a> {
     pub stop: &'a Stop,
     pub outbox: &'a mut dyn Outbox,
     pub source: &'a mut dyn Source,
+    pub status: &'a TransformStatus,
 }
 
 impl Worker<'_> {
@@ -113,6 +122,8 @@ impl Worker<'_> {
         while !self.stop.requested() {
             let batch = self.source.poll_batch(self.options.batch, self.options.batch_wait)?;
             if batch.is_empty() {
+                // Nothing to send: let the idle producer report its connection state.
+                self.outbox.idle();
                 continue;
             }
             let outs = outs::transform_batch(&mut transformer, &batch, &poisoned);
@@ -133,11 +144,12 @@ impl Worker<'_> {
         let messages = outs::messages(self.kafka, batch, outs);
         let sources = outs::message_sources(outs);
         let offsets = self.source.offsets(batch);
-        let (runtime, stop) = (self.runtime, self.stop);
+        let (runtime, stop, status) = (self.runtime, self.stop, self.status);
         let mut backoff = Backoff::new(Duration::from_secs(5));
         let started = std::time::Instant::now();
         let outcome = outbox::deliver(self.outbox, &messages, Some(&offsets), |e| {
             crate::telemetry::transform_failed();
+            status.failed(&[&status.producer], format!("a batch of {} raw messages failed: {e}", batch.len()));
             let refused = note_refusals(e, batch, &sources, poisoned);
             retry_in_place(e, refused, runtime, stop, &mut backoff, batch.len())
         })?;
@@ -157,6 +169,7 @@ impl Worker<'_> {
                 poisoned.delivered(batch);
                 let dead = outs.iter().filter(|o| !matches!(o, Out::Row { .. })).count();
                 crate::telemetry::transform_batch(outs.len() - dead, dead);
+                self.status.committed(outs.len() - dead, dead);
             }
             // Aborted for sure: the batch's rows are gone, read it again.
             Outcome::GaveUp => self.source.rewind(batch),

@@ -5,43 +5,61 @@
 //! replaced before the next call. Nothing is ever uncertain here: a message is confirmed or
 //! resent (at-least-once allows the repeat).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use rdkafka::producer::Producer;
 use tracing::warn;
 
 use super::{enqueue, Delivered, OutBatch, Outbox, OutboxError, ProducerOptions};
-use crate::kafka::batch::{Batch, TrackingContext, TrackingProducer};
-use crate::kafka::KafkaSettings;
+use crate::kafka::batch::{self, Batch, TrackingContext, TrackingProducer};
+use crate::kafka::{KafkaLink, KafkaSettings};
 
 pub struct IdempotentOutbox {
     settings: KafkaSettings,
     options: ProducerOptions,
     /// Created lazily, so an unreachable broker never stops a stage from starting.
     producer: Option<TrackingProducer>,
+    /// Where each producer reports its connection state ([`Outbox::reporting_to`]).
+    link: Option<Arc<KafkaLink>>,
 }
 
 impl IdempotentOutbox {
     pub fn new(settings: KafkaSettings, options: &ProducerOptions) -> Self {
-        IdempotentOutbox { settings, options: options.clone(), producer: None }
+        IdempotentOutbox { settings, options: options.clone(), producer: None, link: None }
     }
 }
 
 impl Outbox for IdempotentOutbox {
+    fn reporting_to(&mut self, link: Arc<KafkaLink>) {
+        self.link = Some(link);
+    }
+
+    fn idle(&mut self) {
+        if let Some(producer) = &self.producer {
+            producer.poll(Duration::ZERO);
+        }
+    }
+
     fn connect(&mut self) -> Result<bool, OutboxError> {
         if self.producer.is_some() {
             return Ok(false);
         }
         let linger = self.options.linger_ms.to_string();
         let timeout = self.options.message_timeout_ms.to_string();
+        let mut defaults = vec![
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("compression.type", "lz4"),
+            ("linger.ms", &linger),
+            ("message.timeout.ms", &timeout),
+        ];
+        let statistics = batch::statistics_interval_ms(self.link.as_ref());
+        defaults.extend(statistics.as_deref().map(|ms| ("statistics.interval.ms", ms)));
         let producer = self
             .settings
-            .client_config(&[
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("compression.type", "lz4"),
-                ("linger.ms", &linger),
-                ("message.timeout.ms", &timeout),
-            ])
-            .create_with_context(TrackingContext::default())
+            .client_config(&defaults)
+            .create_with_context(TrackingContext::reporting_to(self.link.clone()))
             .map_err(|e| OutboxError::Config(e.to_string()))?;
         self.producer = Some(producer);
         Ok(true)

@@ -39,7 +39,7 @@ pub use idempotent::IdempotentOutbox;
 pub use transactional::{TransactionalOutbox, TxnTimeouts};
 
 use super::batch::Batch;
-use super::{Guarantee, KafkaSettings};
+use super::{Guarantee, KafkaLink, KafkaSettings};
 
 /// One message to produce, borrowed from the caller's batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +122,15 @@ impl OutboxError {
 /// The seam between a stage and Kafka: a real producer in production, a scripted fake in unit
 /// tests.
 pub trait Outbox: Send {
+    /// Producers made from now on report their connection state to `link` (librdkafka's
+    /// statistics, see [`KafkaLink`]).
+    fn reporting_to(&mut self, _link: Arc<KafkaLink>) {}
+
+    /// Between batches: serves the producer's callbacks (its statistics), so that its
+    /// connection state stays current while the stage has nothing to send. No batch is in
+    /// flight then, so no delivery report can be taken from a batch's waiting.
+    fn idle(&mut self) {}
+
     /// Makes a producer ready if there is none. Exactly-once: `init_transactions`, which fences
     /// earlier incarnations and aborts what they left open. Returns true when a new producer was
     /// made ready: any earlier batch's fate is settled now, so the caller re-reads its
@@ -153,17 +162,21 @@ pub struct ProducerOptions {
     pub txn: TxnTimeouts,
 }
 
-/// The outbox for `guarantee`: transactional with `transactional_id`, or idempotent.
+/// The outbox for `guarantee`: transactional with `transactional_id`, or idempotent; its
+/// producers report their connection state to `link`.
 pub fn open(
     settings: &KafkaSettings,
     guarantee: Guarantee,
     transactional_id: String,
     options: &ProducerOptions,
+    link: Arc<KafkaLink>,
 ) -> Box<dyn Outbox> {
-    match guarantee {
+    let mut outbox: Box<dyn Outbox> = match guarantee {
         Guarantee::ExactlyOnce => Box::new(TransactionalOutbox::new(settings.clone(), transactional_id, options)),
         Guarantee::AtLeastOnce => Box::new(IdempotentOutbox::new(settings.clone(), options)),
-    }
+    };
+    outbox.reporting_to(link);
+    outbox
 }
 
 /// How [`deliver`] ended.

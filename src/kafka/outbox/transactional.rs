@@ -29,8 +29,8 @@ use rdkafka::producer::{Producer, PurgeConfig};
 use tracing::{error, info, warn};
 
 use super::{enqueue, Delivered, OutBatch, Outbox, OutboxError, ProducerOptions};
-use crate::kafka::batch::{Batch, TrackingContext, TrackingProducer};
-use crate::kafka::KafkaSettings;
+use crate::kafka::batch::{self, Batch, TrackingContext, TrackingProducer};
+use crate::kafka::{KafkaLink, KafkaSettings};
 use crate::retry::Backoff;
 
 /// Transaction timing.
@@ -82,6 +82,8 @@ pub struct TransactionalOutbox {
     /// Calls abandoned to their watchdog threads that have not returned yet (each holds a
     /// producer): past [`MAX_ABANDONED`] the outbox stops instead of leaking more.
     abandoned: Arc<AtomicUsize>,
+    /// Where each producer reports its connection state ([`Outbox::reporting_to`]).
+    link: Option<Arc<KafkaLink>>,
 }
 
 impl TransactionalOutbox {
@@ -92,24 +94,28 @@ impl TransactionalOutbox {
             options: options.clone(),
             producer: None,
             abandoned: Arc::new(AtomicUsize::new(0)),
+            link: None,
         }
     }
 
     fn create(&self) -> Result<TrackingProducer, OutboxError> {
         let linger = self.options.linger_ms.to_string();
         let txn_timeout = self.options.txn.transaction_ms.to_string();
+        let mut defaults = vec![
+            ("transactional.id", self.transactional_id.as_str()),
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("compression.type", "lz4"),
+            ("linger.ms", &linger),
+            ("transaction.timeout.ms", &txn_timeout),
+            // Within a transaction a message must not outlive it.
+            ("message.timeout.ms", &txn_timeout),
+        ];
+        let statistics = batch::statistics_interval_ms(self.link.as_ref());
+        defaults.extend(statistics.as_deref().map(|ms| ("statistics.interval.ms", ms)));
         self.settings
-            .client_config(&[
-                ("transactional.id", &self.transactional_id),
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("compression.type", "lz4"),
-                ("linger.ms", &linger),
-                ("transaction.timeout.ms", &txn_timeout),
-                // Within a transaction a message must not outlive it.
-                ("message.timeout.ms", &txn_timeout),
-            ])
-            .create_with_context(TrackingContext::default())
+            .client_config(&defaults)
+            .create_with_context(TrackingContext::reporting_to(self.link.clone()))
             .map_err(|e| OutboxError::Config(e.to_string()))
     }
 
@@ -272,6 +278,16 @@ enum Failed {
 }
 
 impl Outbox for TransactionalOutbox {
+    fn reporting_to(&mut self, link: Arc<KafkaLink>) {
+        self.link = Some(link);
+    }
+
+    fn idle(&mut self) {
+        if let Some(producer) = &self.producer {
+            producer.poll(Duration::ZERO);
+        }
+    }
+
     fn connect(&mut self) -> Result<bool, OutboxError> {
         if self.producer.is_some() {
             return Ok(false);
