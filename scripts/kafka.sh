@@ -173,9 +173,13 @@ scram_marker() { sha256sum "$CREDS" | cut -c1-64; }
 ensure_scram_users() {
   [[ "$(cat "$DATA/.scram-users" 2>/dev/null)" == "$(scram_marker)" ]] && return 0
   say "creating the SCRAM users with kafka-configs (kafka.admin.ConfigCommand)"
-  java_run kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$PORT" --alter \
-    --entity-type users --entity-name "$KAFKA_SASL_USER" \
-    --add-config "SCRAM-SHA-256=[password=$KAFKA_SASL_PASSWORD],SCRAM-SHA-512=[password=$KAFKA_SASL_PASSWORD]" >&2
+  local mechanism
+  # One mechanism per call: the broker refuses to alter a user's credentials twice in one request.
+  for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+    java_run kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$PORT" --alter \
+      --entity-type users --entity-name "$KAFKA_SASL_USER" \
+      --add-config "$mechanism=[password=$KAFKA_SASL_PASSWORD]" >&2
+  done
   scram_marker >"$DATA/.scram-users"
 }
 
