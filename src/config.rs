@@ -308,7 +308,14 @@ pub struct KafkaArgs {
     pub topic_replication: i32,
     /// Extra librdkafka property for every client, `key=value` (repeatable; in the environment
     /// comma-separated), e.g. `security.protocol=SASL_SSL`. Overrides the collector's defaults.
-    #[arg(short = 'X', long = "kafka-property", env = "COLLECTOR_KAFKA_PROPERTIES", value_delimiter = ',')]
+    /// `--help` does not show the environment's value: it may hold `sasl.password`.
+    #[arg(
+        short = 'X',
+        long = "kafka-property",
+        env = "COLLECTOR_KAFKA_PROPERTIES",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub kafka_properties: Vec<String>,
 }
 

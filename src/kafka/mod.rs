@@ -8,12 +8,20 @@
 //! with every refusal reported (at-least-once); it sends through [`batch::Batch`], which waits
 //! until Kafka confirmed or refused every message. Every client logs through one context
 //! ([`LogContext`] and the `logs_to_tracing!` macro).
+//!
+//! TLS and SASL: [`preflight()`] checks at start-up that Kafka accepts the configuration and
+//! stops the start with one clear sentence if it refuses it (wrong password, untrusted
+//! certificate…); an unreachable Kafka is no reason to stop. [`security`] says which errors are
+//! such refusals and explains them; [`secrets`] keeps passwords and keys out of logs.
 
 mod admin;
 pub mod batch;
 pub(crate) mod context;
 mod error;
 pub mod outbox;
+mod preflight;
+pub mod secrets;
+pub mod security;
 mod settings;
 
 pub use admin::{ensure_topics, ensure_topics_retrying};
@@ -21,6 +29,7 @@ pub(crate) use context::logs_to_tracing;
 pub use context::LogContext;
 pub use error::KafkaStageError;
 pub use outbox::{Delivered, Offsets, OutMessage, Outbox, OutboxError, ProducerOptions, TxnTimeouts};
+pub use preflight::{preflight, Reach, PREFLIGHT_TIMEOUT};
 pub use settings::{Guarantee, KafkaSettings, MESSAGE_OVERHEAD_BYTES};
 
 /// Header names on raw (`collect-topic1`) messages.
