@@ -5,6 +5,10 @@
 //! deadline, then stop the transform worker. Nothing acknowledged is lost if the deadline hits:
 //! it stays in the WAL for the next start.
 //!
+//! Before anything starts, [`crate::kafka::preflight`] asks Kafka for its metadata: if Kafka
+//! refuses the TLS or SASL configuration, the start fails with a sentence naming the settings to
+//! fix; if Kafka is merely unreachable, the start goes on.
+//!
 //! A stage that stops by itself with an error (invalid Kafka configuration, or fenced by another
 //! process with the same node id) starts that same drain: a collector whose flusher is gone
 //! must not keep acknowledging requests it will never deliver. The error is returned by
@@ -105,9 +109,12 @@ impl Pipeline {
     /// Opens the WAL, binds the listeners and starts every stage.
     ///
     /// # Errors
-    /// [`AppError`] if the WAL cannot be opened or an address cannot be bound. An unreachable
-    /// Kafka is not an error: ingest works and the flusher retries.
+    /// [`AppError`] if Kafka refuses the TLS or SASL configuration (see
+    /// [`crate::kafka::preflight`]), the WAL cannot be opened or an address cannot be bound. An
+    /// unreachable Kafka is not an error: ingest works and the flusher retries.
     pub async fn start(config: PipelineConfig) -> Result<Pipeline, AppError> {
+        // Before anything is accepted: a collector Kafka refuses could never deliver it.
+        crate::kafka::preflight(&config.kafka).await?;
         let (sled_log, node, wal_id) = open_wal(&config)?;
         let health = Arc::new(WalHealth::new(config.wal.append_deadline));
         let log: Arc<dyn LogStore> = Arc::new(GuardedLog::new(sled_log, health.clone()));
@@ -395,8 +402,8 @@ fn serve_admin(
 /// admin listener (`/metrics`, `/healthz`, `/readyz`) on `admin` if given.
 ///
 /// # Errors
-/// An admin address that cannot be bound; a permanent Kafka error, such as an invalid
-/// configuration or being fenced.
+/// Kafka refusing the TLS or SASL configuration at start-up; an admin address that cannot be
+/// bound; a permanent Kafka error, such as an invalid configuration or being fenced.
 pub async fn run_transform(
     kafka: KafkaSettings,
     options: TransformOptions,
@@ -404,6 +411,7 @@ pub async fn run_transform(
     admin: Option<SocketAddr>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AppError> {
+    crate::kafka::preflight(&kafka).await?;
     let (stopping, stopping_rx) = watch::channel(false);
     let admin = match admin {
         Some(addr) => {

@@ -416,9 +416,16 @@ pub struct KafkaArgs {
     #[arg(long, env = "COLLECTOR_TOPIC_REPLICATION", default_value_t = 1)]
     pub topic_replication: i32,
     /// Extra librdkafka property for every client, `key=value` (repeatable; in the environment
-    /// comma-separated), e.g. `security.protocol=SASL_PLAINTEXT`. Overrides the collector's
-    /// defaults, and the configuration file's [kafka.properties] entry of the same name.
-    #[arg(short = 'X', long = "kafka-property", env = "COLLECTOR_KAFKA_PROPERTIES", value_delimiter = ',')]
+    /// comma-separated), e.g. `security.protocol=SASL_SSL`. Overrides the collector's defaults,
+    /// and the configuration file's [kafka.properties] entry of the same name. `--help` does not
+    /// show the environment's value: it may hold `sasl.password`.
+    #[arg(
+        short = 'X',
+        long = "kafka-property",
+        env = "COLLECTOR_KAFKA_PROPERTIES",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub kafka_properties: Vec<String>,
 }
 

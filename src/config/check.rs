@@ -82,7 +82,7 @@ pub fn render(origins: &Origins) -> String {
                 if e.properties[i + 1..].iter().any(|(later, _, _)| later == name) {
                     continue;
                 }
-                let value = if settings::is_secret_property(name) { MASK } else { value };
+                let value = if settings::is_secret(name) { MASK } else { value };
                 let from = match from {
                     Source::File => "file".to_string(),
                     _ => source(e),

@@ -272,7 +272,7 @@ impl Origins {
                 out.push_str(&format!("\n  {}: no librdkafka property is set", e.setting.flag));
             }
             for (name, value, source) in &e.properties {
-                let value = if settings::is_secret_property(name) { settings::MASK } else { value };
+                let value = if settings::is_secret(name) { settings::MASK } else { value };
                 out.push_str(&format!("\n  {} {name}={value}, {}", e.setting.flag, self.described(*source, e.setting)));
             }
         }

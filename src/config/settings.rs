@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use clap::{Arg, ArgAction, CommandFactory};
 
 use super::Cli;
-pub use crate::kafka::is_secret_property;
+pub use crate::kafka::secrets::is_secret;
 
 /// The prefix of every setting's environment variable.
 pub const ENV_PREFIX: &str = "COLLECTOR_";
@@ -110,7 +110,7 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
 pub const PROPERTIES_KEY: &str = "kafka_properties";
 
 /// What a secret is shown as.
-pub const MASK: &str = crate::kafka::MASKED;
+pub const MASK: &str = "<masked>";
 
 /// Settings whose values are secrets: masked wherever the collector shows a value.
 const SECRET_KEYS: &[&str] = &["api_keys"];

@@ -323,10 +323,10 @@ fn secrets_are_masked_in_the_printed_configuration_and_in_errors() {
     let err = pipeline_of(&load_with("[ingest]\napi_keys = [\"secret\"]\n", &["serve"]).unwrap()).unwrap_err();
     assert!(err.contains("--api-keys = [\"<masked>\"]") && !err.contains("\"secret\""), "{err}");
     for name in ["sasl.password", "SSL.KEYSTORE.PASSWORD", "sasl.oauthbearer.assertion.private.key.pem", "ssl_key"] {
-        assert!(settings::is_secret_property(name), "{name}");
+        assert!(settings::is_secret(name), "{name}");
     }
     for name in ["sasl.username", "ssl.ca.location", "sasl.oauthbearer.token.endpoint.url", "ssl.certificate.pem"] {
-        assert!(!settings::is_secret_property(name), "{name}");
+        assert!(!settings::is_secret(name), "{name}");
     }
 }
 

@@ -74,7 +74,7 @@ impl Flusher {
         };
         // Topics first; without them every send fails.
         let created = kafka::ensure_topics_retrying(&self.kafka, &topics, &runtime, &stop, &mut backoff, |e| {
-            self.status.failed(e.to_string());
+            self.status.failed(with_refusal(e.to_string()));
             warn!(error = %e, "Cannot create the topics yet; the WAL keeps the data meanwhile.");
         })?;
         if !created {
@@ -282,7 +282,7 @@ impl FlushLoop<'_> {
         let outcome = outbox::deliver(self.outbox, &messages, offsets.as_ref(), |e| {
             let message = format!("delivering records {next}..={last} failed: {e}");
             warn!(%message, "Kafka did not take a batch; retrying it.");
-            f.status.failed(message);
+            f.status.failed(with_refusal(message));
             crate::telemetry::flush_failed();
             if let Some((seq, reason)) = refused_too_often(e, &seqs, refusals) {
                 match f.log.set_aside(seq, &reason) {
@@ -336,7 +336,7 @@ impl FlushLoop<'_> {
                 }
                 Err(e) if e.is_permanent() => return Err(e.into()),
                 Err(e) => {
-                    self.flusher.status.failed(e.to_string());
+                    self.flusher.status.failed(with_refusal(e.to_string()));
                     warn!(error = %e, "Cannot start a Kafka transaction yet; the WAL keeps the data meanwhile.");
                     if self.backoff.pause(self.runtime, self.stop) {
                         return Ok(None);
@@ -404,6 +404,15 @@ impl FlushLoop<'_> {
             // restart (Kafka's position wins); at-least-once mode sends them again.
             error!(error = %e, seq, "Recording the delivered position in the WAL failed.");
         }
+    }
+}
+
+/// A failure as the status page shows it: with the TLS or SASL refusal of the last minute, if
+/// any, which is most likely why (a rotated password shows as timeouts here).
+fn with_refusal(failure: String) -> String {
+    match kafka::security::recent_refusal() {
+        Some(refusal) => format!("{failure} ({refusal})"),
+        None => failure,
     }
 }
 

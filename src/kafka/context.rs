@@ -3,11 +3,17 @@
 //! While a broker is unreachable librdkafka reports the same transport errors again and
 //! again; the stages report their own state (status page, metrics, one warning per retry), so
 //! those repeats are logged at debug level instead of flooding the log with errors.
+//!
+//! A TLS or SASL refusal while running (a password rotated on the cluster, a certificate
+//! replaced) is logged at error level as one sentence naming the settings to fix, and noted for
+//! the flusher's last error ([`super::security`]); the stages keep retrying meanwhile.
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tracing::{debug, error as error_log, info, warn};
+
+use super::security::{self, Refusal};
 
 pub fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
     match level {
@@ -22,7 +28,14 @@ pub fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
 }
 
 pub fn error(error: KafkaError, reason: &str) {
-    match error.rdkafka_error_code() {
+    let code = error.rdkafka_error_code();
+    if let Some(refusal) = code.and_then(|code| Refusal::classify(code, reason)) {
+        let explained = refusal.explain(reason, None);
+        error_log!(target: "librdkafka", "{explained}");
+        security::note_refusal(explained);
+        return;
+    }
+    match code {
         Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => {
             debug!(target: "librdkafka", %error, "{reason}")
         }

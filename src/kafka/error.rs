@@ -27,6 +27,10 @@ pub enum KafkaStageError {
     /// librdkafka keeps calls blocked past their timeouts (see `OutboxError::Wedged`).
     #[error("{0}")]
     Wedged(String),
+    /// Kafka refused the TLS or SASL configuration at start-up (see `kafka::security`): the
+    /// sentence names the cause and the settings to fix.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<super::OutboxError> for KafkaStageError {
@@ -49,6 +53,7 @@ impl KafkaStageError {
                 | KafkaStageError::Wedged(_)
                 | KafkaStageError::Wal(_)
                 | KafkaStageError::ForeignPosition(_)
+                | KafkaStageError::Refused(_)
         )
     }
 }

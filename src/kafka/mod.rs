@@ -9,6 +9,11 @@
 //! until Kafka confirmed or refused every message. Every client logs through one context
 //! ([`LogContext`] and the `logs_to_tracing!` macro); the stages' clients also report their
 //! connection state to a [`KafkaLink`] from librdkafka's statistics.
+//!
+//! TLS and SASL: [`preflight()`] checks at start-up that Kafka accepts the configuration and
+//! stops the start with one clear sentence if it refuses it (wrong password, untrusted
+//! certificate…); an unreachable Kafka is no reason to stop. [`security`] says which errors are
+//! such refusals and explains them; [`secrets`] keeps passwords and keys out of logs and shows.
 
 mod admin;
 pub mod batch;
@@ -16,6 +21,9 @@ pub(crate) mod context;
 mod error;
 pub mod link;
 pub mod outbox;
+mod preflight;
+pub mod secrets;
+pub mod security;
 mod settings;
 
 pub use admin::{ensure_topics, ensure_topics_retrying};
@@ -24,7 +32,8 @@ pub use context::LogContext;
 pub use error::KafkaStageError;
 pub use link::{KafkaLink, LinkSnapshot, LinkState};
 pub use outbox::{Delivered, Offsets, OutMessage, Outbox, OutboxError, ProducerOptions, TxnTimeouts};
-pub use settings::{is_secret_property, Guarantee, KafkaSettings, MASKED, MESSAGE_OVERHEAD_BYTES};
+pub use preflight::{preflight, Reach, PREFLIGHT_TIMEOUT};
+pub use settings::{Guarantee, KafkaSettings, MESSAGE_OVERHEAD_BYTES};
 
 /// Header names on raw (`collect-topic1`) messages.
 pub mod headers {

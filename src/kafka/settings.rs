@@ -1,5 +1,8 @@
+use std::fmt;
+
 use rdkafka::ClientConfig;
 
+use super::secrets::{client_error, is_secret, RedactedProperties};
 use super::KafkaStageError;
 
 /// What the pipeline promises about duplicates in Kafka.
@@ -12,11 +15,15 @@ pub enum Guarantee {
 }
 
 /// Connection and topic settings shared by every Kafka client of the collector.
-#[derive(Debug, Clone)]
+///
+/// `Debug` redacts secret property values ([`super::secrets::is_secret`]).
+#[derive(Clone)]
 pub struct KafkaSettings {
     /// `bootstrap.servers`.
     pub brokers: String,
-    /// Extra librdkafka properties (`key=value`), applied last so they override our defaults.
+    /// Extra librdkafka properties (`key=value`), applied last so they override our defaults:
+    /// TLS and SASL (`security.protocol`, `sasl.*`, `ssl.*`) and tuning. Every client the
+    /// collector creates is built by [`KafkaSettings::client_config`], so all of them get these.
     pub properties: Vec<(String, String)>,
     pub raw_topic: String,
     pub transformed_topic: String,
@@ -36,17 +43,33 @@ const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// Room for headers, key and record framing on top of a payload.
 pub const MESSAGE_OVERHEAD_BYTES: usize = 16 * 1024;
 
+impl fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("properties", &RedactedProperties(&self.properties))
+            .field("raw_topic", &self.raw_topic)
+            .field("transformed_topic", &self.transformed_topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("positions_topic", &self.positions_topic)
+            .field("guarantee", &self.guarantee)
+            .field("topic_partitions", &self.topic_partitions)
+            .field("topic_replication", &self.topic_replication)
+            .finish()
+    }
+}
+
 impl KafkaSettings {
+    /// The value the user gave librdkafka property `key` (the last one wins, as in librdkafka).
+    pub fn property(&self, key: &str) -> Option<&str> {
+        self.properties.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
     /// The largest message our producers may send: librdkafka's `message.max.bytes`, as
     /// passed with `-X` or its default. Ingest limits are validated against it so that an
     /// accepted request always fits into a Kafka message.
     pub fn max_message_bytes(&self) -> usize {
-        self.properties
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "message.max.bytes")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+        self.property("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
     }
 
     /// A client configuration with `bootstrap.servers`, our `defaults`, then the user's
@@ -65,15 +88,39 @@ impl KafkaSettings {
 
     /// Parses `key=value` pairs as given on the command line.
     ///
+    /// The command line and `COLLECTOR_KAFKA_PROPERTIES` split their values at commas, but
+    /// some values contain commas (`debug=broker,security`, `sasl.oauthbearer.extensions`, a
+    /// password): an entry that does not start with a property name and `=` continues the
+    /// entry before it, comma included.
+    ///
     /// # Errors
-    /// [`KafkaStageError::Config`] for an entry without `=` or with an empty key.
+    /// [`KafkaStageError::Config`] for a first entry without `=` or whose key is not a property
+    /// name; a value is never quoted (it could be a secret).
     pub fn parse_properties(raw: &[String]) -> Result<Vec<(String, String)>, KafkaStageError> {
-        raw.iter()
-            .map(|p| match p.split_once('=') {
-                Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-                _ => Err(KafkaStageError::Config(format!("Kafka property {p:?} is not of the form key=value"))),
-            })
-            .collect()
+        let mut properties: Vec<(String, String)> = Vec::new();
+        for entry in raw {
+            match (entry.split_once('='), properties.last_mut()) {
+                (Some((k, v)), _) if is_property_name(k.trim()) => {
+                    properties.push((k.trim().to_string(), v.to_string()))
+                }
+                (_, Some((_, value))) => {
+                    value.push(',');
+                    value.push_str(entry);
+                }
+                (Some((k, _)), None) => {
+                    return Err(KafkaStageError::Config(format!(
+                        "{k:?} is not a librdkafka property name (lowercase words joined by dots, e.g. sasl.mechanism)"
+                    )));
+                }
+                (None, None) => {
+                    let shown = if is_secret(entry) { "…".into() } else { format!("{entry:?}") };
+                    return Err(KafkaStageError::Config(format!(
+                        "Kafka property {shown} is not of the form key=value"
+                    )));
+                }
+            }
+        }
+        Ok(properties)
     }
 
     /// Checks what can be checked without a broker.
@@ -105,30 +152,19 @@ impl KafkaSettings {
                 "--topic-partitions and --topic-replication must be at least 1".into(),
             ));
         }
-        // Let librdkafka judge the properties themselves: building a client validates them.
-        // Its message quotes the property's value: mask the secrets in it.
-        self.client_config(&[]).create::<rdkafka::producer::BaseProducer>().map_err(|e| {
-            let message = self
-                .properties
-                .iter()
-                .filter(|(name, value)| is_secret_property(name) && !value.is_empty())
-                .fold(e.to_string(), |message, (_, value)| message.replace(value.as_str(), MASKED));
-            KafkaStageError::Config(format!("-X (librdkafka properties): {message}"))
-        })?;
+        // Let librdkafka judge the properties themselves: building a client validates them (and
+        // reads the TLS files: a missing ssl.ca.location fails here). Its message quotes the
+        // value it could not set: `client_error` keeps secrets out.
+        self.client_config(&[])
+            .create::<rdkafka::producer::BaseProducer>()
+            .map_err(|e| KafkaStageError::Config(format!("-X (librdkafka properties): {}", client_error(&e))))?;
         Ok(())
     }
 }
 
-/// What a secret property's value is shown as.
-pub const MASKED: &str = "<masked>";
-
-/// True for a librdkafka property whose value is a secret: passwords, client secrets,
-/// passphrases, private keys, and the OAUTHBEARER configuration (it can carry a secret).
-pub fn is_secret_property(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    ["password", "secret", "passphrase", "private.key"].iter().any(|word| name.contains(word))
-        || name.ends_with("key.pem")
-        || ["sasl.oauthbearer.config", "ssl_key"].contains(&name.as_str())
+/// librdkafka property names: lowercase words joined by dots (`linger.ms`, `acks`).
+fn is_property_name(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_')
 }
 
 #[cfg(test)]
@@ -159,5 +195,31 @@ mod tests {
         assert_eq!(ok, vec![("linger.ms".into(), "50".into()), ("sasl.password".into(), "a=b".into())]);
         assert!(KafkaSettings::parse_properties(&["nonsense".into()]).is_err());
         assert!(KafkaSettings::parse_properties(&["=1".into()]).is_err());
+    }
+
+    #[test]
+    fn values_split_at_commas_are_joined_again() {
+        // As clap hands over `-X debug=broker,security -X sasl.password=p,Q=r,s -X linger.ms=5`.
+        let split = ["debug=broker", "security", "sasl.password=p", "Q=r", "s", "linger.ms=5"].map(String::from);
+        let parsed = KafkaSettings::parse_properties(&split).unwrap();
+        assert_eq!(
+            parsed,
+            [("debug", "broker,security"), ("sasl.password", "p,Q=r,s"), ("linger.ms", "5")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        let extensions =
+            ["sasl.oauthbearer.extensions=logicalCluster=lkc-1", "identityPoolId=pool-2"].map(String::from);
+        assert_eq!(
+            KafkaSettings::parse_properties(&extensions).unwrap()[0].1,
+            "logicalCluster=lkc-1,identityPoolId=pool-2"
+        );
+    }
+
+    #[test]
+    fn a_malformed_property_is_reported_without_its_value() {
+        for entry in ["Password=hunter2", "sasl.password:hunter2"] {
+            let e = KafkaSettings::parse_properties(&[entry.into()]).unwrap_err().to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+        }
     }
 }

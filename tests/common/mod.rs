@@ -134,13 +134,28 @@ pub struct Record {
 /// group) until `expected` messages arrived or `timeout` passed, then keeps reading for
 /// `settle` more to catch extra (duplicate) messages.
 pub fn read_topic(brokers: &str, topic: &str, expected: usize, timeout: Duration, settle: Duration) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    read_topic_with(brokers, &[], topic, expected, timeout, settle)
+}
+
+/// [`read_topic`] with extra librdkafka `properties` (TLS and SASL, say).
+pub fn read_topic_with(
+    brokers: &str,
+    properties: &[(String, String)],
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> Vec<Record> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
         .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+        .set("enable.auto.commit", "false");
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
     let deadline = Instant::now() + timeout;
     // The topic may not exist yet; wait for its metadata.
     let partitions = loop {
@@ -324,9 +339,15 @@ pub fn event_body(id: &str, user: &str) -> String {
 /// reader of the crash tests, and counts event ids: the `event_type` of a row, or of the first
 /// event of a raw request.
 pub fn kcat_ids(brokers: &str, topic: &str) -> HashMap<String, usize> {
+    kcat_ids_with(brokers, &[], topic)
+}
+
+/// [`kcat_ids`] with extra librdkafka `properties` for kcat (`-X`).
+pub fn kcat_ids_with(brokers: &str, properties: &[(String, String)], topic: &str) -> HashMap<String, usize> {
     let out = Command::new("kcat")
         .args(["-b", brokers, "-C", "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%s\n"])
         .args(["-X", "isolation.level=read_committed"])
+        .args(properties.iter().flat_map(|(k, v)| ["-X".to_string(), format!("{k}={v}")]))
         .output()
         .expect("kcat is needed by the crash tests (apt-get install kcat; .ci/run installs it)");
     let stderr = String::from_utf8_lossy(&out.stderr);
