@@ -11,7 +11,7 @@
 #   FLAGS='-X linger.ms=5' loadtest/ack.sh        # extra collector flags, for both modes
 #
 # Starts a Kafka on KAFKA_PORT (default 9692, controller KAFKA_CONTROLLER_PORT 9693) if none
-# answers there, and stops it again. Ports ACK_PORT (default 18790) to ACK_PORT+2. Needs jq.
+# answers there, and stops it again. Ports ACK_PORT (default 18890) to ACK_PORT+2. Needs jq.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -19,7 +19,7 @@ ROUNDS="${ROUNDS:-2}" SECS="${SECS:-10}" RATE="${RATE:-500}"
 export KAFKA_PORT="${KAFKA_PORT:-9692}"
 export KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9693}"
 BROKERS="127.0.0.1:$KAFKA_PORT"
-PORT="${ACK_PORT:-18790}"
+PORT="${ACK_PORT:-18890}"
 FLOOR_PORT=$PORT COLLECTOR_PORT=$((PORT + 1)) ADMIN_PORT=$((PORT + 2))
 SCRIPT=ack.sh WORK="$(mktemp -d)"
 LOG_DIR="$WORK"
