@@ -31,6 +31,11 @@ pub use load::{load, LoadError, Loaded, Origins, Source};
 
 const MIB: u64 = 1024 * 1024;
 
+/// `--flush-interval-ms` under `--ack wal`: with it the pipeline's ingest rate was back where
+/// it was when every transaction cost 100 ms; 100 ms gave back only part (loadtest/PROFILE.md,
+/// "Fourth step").
+const DEFAULT_FLUSH_INTERVAL_MS: u64 = 250;
+
 #[derive(Debug, Parser)]
 #[command(name = "collector", version, about = "A durable, high-throughput event collector for Kafka.", long_about = None)]
 pub struct Cli {
@@ -340,6 +345,12 @@ pub struct FlushArgs {
     /// Longest pause between retries while Kafka is unreachable.
     #[arg(long, env = "COLLECTOR_FLUSH_MAX_BACKOFF_MS", default_value_t = 5_000)]
     pub flush_max_backoff_ms: u64,
+    /// A Kafka batch smaller than --flush-batch-records waits until this long after the
+    /// previous one began, so transactions do not follow each other every few milliseconds
+    /// under load (each costs CPU the ingest shares). Default: 250, or 0 with `--ack kafka`
+    /// (whose requests wait for their batch).
+    #[arg(long, env = "COLLECTOR_FLUSH_INTERVAL_MS")]
+    pub flush_interval_ms: Option<u64>,
     /// On shutdown, how long to keep delivering the WAL to Kafka before exiting anyway
     /// (what is left is delivered after the next start).
     #[arg(long, env = "COLLECTOR_DRAIN_TIMEOUT_MS", default_value_t = 15_000)]
@@ -728,6 +739,10 @@ impl ServeArgs {
                     "--flush-max-backoff-ms",
                     self.flush.flush_max_backoff_ms,
                 )?),
+                interval: Duration::from_millis(self.flush.flush_interval_ms.unwrap_or(match self.ingest.ack {
+                    AckPolicy::Wal => DEFAULT_FLUSH_INTERVAL_MS,
+                    AckPolicy::Kafka => 0,
+                })),
             },
             drain_timeout: Duration::from_millis(self.flush.drain_timeout_ms),
             kafka,

@@ -71,6 +71,7 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
             "flush_linger_ms",
             "flush_message_timeout_ms",
             "flush_max_backoff_ms",
+            "flush_interval_ms",
             "drain_timeout_ms",
         ],
     ),

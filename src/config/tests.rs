@@ -110,6 +110,14 @@ fn the_acknowledgement_policy_is_the_wal_unless_kafka_is_asked_for() {
     assert!(parse(&["serve", "--ack", "replicas"]).is_err());
 }
 
+#[test]
+fn small_flush_batches_wait_250_ms_unless_requests_wait_for_kafka() {
+    assert_eq!(parse(&["serve"]).unwrap().flush.interval, Duration::from_millis(250));
+    assert_eq!(parse(&["serve", "--ack", "kafka"]).unwrap().flush.interval, Duration::ZERO);
+    let set = parse(&["serve", "--ack", "kafka", "--flush-interval-ms", "20"]).unwrap();
+    assert_eq!(set.flush.interval, Duration::from_millis(20));
+}
+
 // --- The configuration file -------------------------------------------------------------
 
 /// Loads `collector --config <file with toml> <args…>`; errors as start-up prints them.

@@ -31,6 +31,12 @@ pub struct FlushOptions {
     pub producer: ProducerOptions,
     /// Upper bound of the retry backoff while Kafka is unreachable.
     pub max_backoff: Duration,
+    /// A batch smaller than `batch_records` waits until this long after the previous batch
+    /// began (more records join it meanwhile). Each transaction costs the collector and the
+    /// broker a fixed price on the cores ingest shares: committing every few milliseconds
+    /// under load took a quarter to a third of the pipeline's ingest rate (loadtest/PROFILE.md, "Fourth
+    /// step"). Zero: send as soon as a record is durable (`--ack kafka`'s latency).
+    pub interval: Duration,
 }
 
 /// Drains a WAL into Kafka on its own thread.
@@ -134,6 +140,8 @@ impl FlushLoop<'_> {
         f.status.confirmed_through(next - 1);
         let mut durable = f.durable.clone();
         let mut read_failures = 0;
+        // When the batch in hand began: the next small one waits for the interval from here.
+        let mut began = Instant::now().checked_sub(f.options.interval).unwrap_or_else(Instant::now);
         info!(next_seq = next, guarantee = ?f.kafka.guarantee, "Flusher started.");
         loop {
             let upto = *durable.borrow_and_update();
@@ -152,7 +160,14 @@ impl FlushLoop<'_> {
                 );
                 return Ok(());
             }
+            let waited = began.elapsed();
+            if waited < f.options.interval && upto + 1 - next < f.options.batch_records as u64 && !self.stop.requested()
+            {
+                self.wait_for_records_at_most(&mut durable, f.options.interval - waited);
+                continue;
+            }
             let Some(records) = self.read(next, upto, &mut read_failures)? else { continue };
+            began = Instant::now();
             let Some(last) = records.last().map(|r| r.seq) else {
                 // Nothing stored in [next, upto]: sequence numbers of a failed group commit.
                 debug!(from = next, to = upto, "No WAL records in a durable range (a failed group commit, or numbers skipped after a loss); moving on.");
@@ -172,13 +187,18 @@ impl FlushLoop<'_> {
     /// Waits until more records are durable, the stop signal changes, or half a second passed;
     /// serves the idle producer's statistics first (its connection state for the status page).
     fn wait_for_records(&mut self, durable: &mut watch::Receiver<u64>) {
+        self.wait_for_records_at_most(durable, Duration::from_millis(500));
+    }
+
+    /// [`Self::wait_for_records`], for at most `limit`.
+    fn wait_for_records_at_most(&mut self, durable: &mut watch::Receiver<u64>, limit: Duration) {
         self.outbox.idle();
         let mut stop = self.stop.clone();
         self.runtime.block_on(async {
             tokio::select! {
                 _ = durable.changed() => {}
                 () = stop.changed() => {}
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = tokio::time::sleep(limit) => {}
             }
         });
     }

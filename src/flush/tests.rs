@@ -116,6 +116,7 @@ fn harness(records: u64) -> Harness {
                 txn: TxnTimeouts { transaction_ms: 1000, operation: Duration::from_secs(1) },
             },
             max_backoff: Duration::from_millis(100),
+            interval: Duration::ZERO,
         },
         status: Arc::new(FlushStatus::default()),
         node: NodeId::parse("node-1").unwrap(),
