@@ -69,6 +69,9 @@ const BATCH_BUCKETS: [f64; 9] = [1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The `Content-Type` of a `/metrics` answer: Prometheus' text format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
 /// Installs the process-wide Prometheus recorder (once; later calls return the same handle).
 pub fn install() -> PrometheusHandle {
     HANDLE

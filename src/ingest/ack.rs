@@ -32,6 +32,14 @@ pub enum Ack {
     Kafka { timeout: Duration },
 }
 
+impl Ack {
+    /// Whether a 2xx waits for Kafka (`--ack kafka`): then an unreachable Kafka refuses
+    /// requests instead of filling the WAL.
+    pub fn waits_for_kafka(self) -> bool {
+        matches!(self, Ack::Kafka { .. })
+    }
+}
+
 /// Under [`Ack::Kafka`], waits until Kafka confirmed record `seq`.
 ///
 /// # Errors

@@ -184,7 +184,7 @@ impl IngestState {
             Some(Unready::WalUnavailable)
         } else if self.full(self.reserved_bytes.load(Ordering::Acquire)) {
             Some(Unready::WalFull)
-        } else if self.options.ack != Ack::Wal && self.flush.failing() {
+        } else if self.options.ack.waits_for_kafka() && self.flush.failing() {
             Some(Unready::KafkaUnavailable)
         } else {
             None

@@ -140,7 +140,7 @@ fn snapshot(state: &IngestState) -> Status<'_> {
         draining: state.draining.load(Ordering::Acquire),
         uptime_secs: state.started.elapsed().as_secs(),
         state: headline,
-        state_detail: detail(headline, wal_fault.as_deref(), state.options.ack != crate::ingest::Ack::Wal),
+        state_detail: detail(headline, wal_fault.as_deref(), state.options.ack.waits_for_kafka()),
         wal_fault,
         wal,
         oldest_pending_age_ms,
@@ -186,7 +186,7 @@ pub async fn readyz(State(state): State<Arc<IngestState>>) -> Response {
 
 pub async fn metrics(State(state): State<Arc<IngestState>>) -> Response {
     wal_levels(&state);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, crate::telemetry::METRICS_CONTENT_TYPE)], state.metrics.render()).into_response()
 }
 
 /// The WAL's figures and its oldest pending record's age, read now and published as the WAL

@@ -31,7 +31,7 @@ pub fn router(metrics: PrometheusHandle, stopping: watch::Receiver<bool>) -> Rou
 }
 
 async fn metrics_page(State(admin): State<Admin>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], admin.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, crate::telemetry::METRICS_CONTENT_TYPE)], admin.metrics.render()).into_response()
 }
 
 async fn readyz(State(admin): State<Admin>) -> Response {
