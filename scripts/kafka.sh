@@ -7,6 +7,7 @@
 #   scripts/kafka.sh stop     stop the broker this script started
 #   scripts/kafka.sh status   exit 0 if a broker answers on the port
 #   scripts/kafka.sh fetch    only fetch the jars
+#   scripts/kafka.sh kill     SIGKILL the broker this script started (a crash, for fault tests)
 #   scripts/kafka.sh reset    stop and delete the broker's data (topics, offsets) and its
 #                             test TLS material
 #
@@ -19,6 +20,13 @@
 #   KAFKA_STATE_DIR        where jars, data, logs and the pid live (default <project>/.kafka)
 #   KAFKA_HEAP             JVM heap (default 1g)
 #   KAFKA_START_TIMEOUT_S  how long `start` waits for the broker (default 120)
+#   KAFKA_NODE_ID          this broker's node id (default 1)
+#   KAFKA_QUORUM_VOTERS    the KRaft voters, id@host:port,... (default this broker alone)
+#   KAFKA_REPLICATION      replication factor of Kafka's internal topics (offsets, transaction
+#                          state; default 1); their min.insync.replicas is a majority of it
+#   KAFKA_CLUSTER_ID_FILE  where the cluster id is kept (default <state>/cluster-id); every
+#                          broker of one cluster must be formatted with the same id
+#   (scripts/kafka-cluster.sh sets the four above to run three of these brokers as one cluster.)
 #   KAFKA_SASL_SSL_PORT    opt-in: also a SASL_SSL listener on this port (TLS with a throwaway CA,
 #                          SASL PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512). The CA, an untrusted
 #                          second CA and the test user's password are written to
@@ -42,6 +50,11 @@ LOG="$STATE/kafka-$PORT.log"
 PROPS="$STATE/server-$PORT.properties"
 SASL_PORT="${KAFKA_SASL_SSL_PORT:-}"
 TLS="$STATE/tls-$PORT"
+NODE_ID="${KAFKA_NODE_ID:-1}"
+VOTERS="${KAFKA_QUORUM_VOTERS:-$NODE_ID@127.0.0.1:$CPORT}"
+REPLICATION="${KAFKA_REPLICATION:-1}"
+MIN_ISR=$((REPLICATION / 2 + 1))
+CLUSTER_ID_FILE="${KAFKA_CLUSTER_ID_FILE:-$STATE/cluster-id}"
 CREDS="$TLS/credentials"
 
 say() { echo "kafka.sh: $*" >&2; }
@@ -88,8 +101,8 @@ write_config() {
   fi
   cat >"$PROPS" <<EOF
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$CPORT
+node.id=$NODE_ID
+controller.quorum.voters=$VOTERS
 listeners=$listeners
 advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
@@ -99,15 +112,15 @@ log.dirs=$DATA
 num.partitions=4
 auto.create.topics.enable=false
 delete.topic.enable=true
-# A single broker: internal topics must not ask for more replicas than exist, or consumer
-# groups and transactions hang.
-offsets.topic.replication.factor=1
+# Internal topics must not ask for more replicas than there are brokers, or consumer groups and
+# transactions hang: 1 for a single broker, 3 (min.insync.replicas 2) for kafka-cluster.sh's.
+offsets.topic.replication.factor=$REPLICATION
 offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor=$REPLICATION
+transaction.state.log.min.isr=$MIN_ISR
 transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor=$REPLICATION
+share.coordinator.state.topic.min.isr=$MIN_ISR
 group.initial.rebalance.delay.ms=0
 EOF
   if [[ -n "$SASL_PORT" ]]; then
@@ -147,7 +160,7 @@ java_run() {
 
 format_storage() {
   [[ -f "$DATA/meta.properties" ]] && return 0
-  local id_file="$STATE/cluster-id"
+  local id_file="$CLUSTER_ID_FILE"
   if [[ ! -s "$id_file" ]]; then
     java_run kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1 >"$id_file"
   fi
@@ -292,6 +305,19 @@ start() {
   fi
 }
 
+# SIGKILL, no shutdown: what a crash or a pulled plug leaves (the data directory as it was).
+crash() {
+  local pid
+  if ! pid="$(our_pid)"; then
+    say "not running (nothing started by this script on port $PORT)"
+    return 0
+  fi
+  say "killing Kafka (pid $pid) with SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  rm -f "$PIDFILE"
+}
+
 stop() {
   local pid
   if ! pid="$(our_pid)"; then
@@ -314,11 +340,12 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
+  kill) crash ;;
   status) port_open "$PORT" && say "a broker answers on 127.0.0.1:$PORT" ;;
   fetch) fetch ;;
   reset) stop; rm -rf "$DATA" "$LOG" "$PROPS" "$TLS"; say "deleted $DATA" ;;
   *)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
