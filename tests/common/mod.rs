@@ -3,6 +3,8 @@
 //! independent reader of topics.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod cluster;
+
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
