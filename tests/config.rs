@@ -179,6 +179,16 @@ fn an_invalid_setting_stops_the_collector_with_exit_2_and_a_message_naming_it() 
             ],
         ),
         ("[kafka]\ntopic_partitions = 0\n", &["--raw-topic", "raw"], &["--topic-partitions = 0, from "]),
+        (
+            "[kafka]\ntopic_replication = 2\n",
+            &["--topic-min-insync-replicas", "3"],
+            &[
+                "--topic-min-insync-replicas 3 exceeds --topic-replication 2",
+                "--topic-min-insync-replicas = 3, from the command line",
+                "--topic-replication = 2, from ",
+                "collector.toml: [kafka] topic_replication",
+            ],
+        ),
     ];
     for (toml, flags, expected) in cases {
         let file = dir.path().join("collector.toml");
