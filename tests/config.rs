@@ -270,6 +270,7 @@ async fn serve_started_with_only_a_file_listens_and_keeps_its_wal_where_the_file
         child,
         addr: format!("127.0.0.1:{port}").parse().unwrap(),
         admin: Some(format!("127.0.0.1:{admin_port}").parse().unwrap()),
+        log: Default::default(),
     };
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
