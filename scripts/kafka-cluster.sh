@@ -8,7 +8,7 @@
 #   scripts/kafka-cluster.sh start           fetch the jars (first run only), format (first run
 #                                            only), start the three brokers, wait until all answer
 #   scripts/kafka-cluster.sh stop            stop the three brokers
-#   scripts/kafka-cluster.sh reset           stop them and delete the cluster's data
+#   scripts/kafka-cluster.sh reset           kill them (SIGKILL) and delete the cluster's data
 #   scripts/kafka-cluster.sh status          exit 0 if all three answer
 #   scripts/kafka-cluster.sh brokers         print the bootstrap list (host:port,...)
 #   scripts/kafka-cluster.sh start-broker N  start broker N (1-3) again, wait until it answers
@@ -87,9 +87,14 @@ start() {
   say "three brokers up: $(brokers)"
 }
 
+# All at once: a broker stopping last, its quorum already gone, would wait out its timeout.
 stop() {
-  local n
-  for n in "${NODES[@]}"; do broker "$n" stop; done
+  local n pids=()
+  for n in "${NODES[@]}"; do
+    broker "$n" stop &
+    pids+=($!)
+  done
+  for n in "${!pids[@]}"; do wait "${pids[$n]}" || true; done
 }
 
 status() {
@@ -103,6 +108,8 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   reset)
+    # The data goes anyway: no clean shutdown to wait for.
+    for n in "${NODES[@]}"; do broker "$n" kill; done
     for n in "${NODES[@]}"; do broker "$n" reset; done
     rm -f "$ID_FILE"
     ;;
