@@ -1,9 +1,9 @@
 //! Scaling out (issue 11, item 4): two collectors, each with its own WAL and node id, behind a
 //! load balancer that routes by `Idempotency-Key`, and three transform workers in one consumer
-//! group, against a three-broker cluster with topics replicated three times. One collector and
-//! one worker are killed with SIGKILL under load and restarted under their node ids; an
-//! independent reader (kcat, `read_committed`) then finds every acknowledged event exactly once,
-//! both as a row and as a raw request.
+//! group, against a three-broker cluster with topics replicated three times (two in sync for a
+//! write). One collector and one worker are killed with SIGKILL under load and restarted under
+//! their node ids; an independent reader (kcat, `read_committed`) then finds every acknowledged
+//! event exactly once, both as a row and as a raw request.
 //!
 //! The test's own cluster (`tests/common/cluster.rs`) needs Java and the Kafka jars
 //! (`scripts/kafka.sh fetch`), not the shared test broker.
@@ -152,7 +152,8 @@ async fn two_collectors_and_three_workers_lose_and_duplicate_nothing_when_one_of
     let cluster = Cluster::start();
     let brokers = cluster.brokers();
     let topics = Topics::new(&brokers);
-    let replicated = ["--topic-replication".to_string(), "3".to_string()];
+    let replicated: Vec<String> =
+        ["--topic-replication", "3", "--topic-min-insync-replicas", "2"].map(String::from).to_vec();
     let serve: Vec<String> = topics.args("serve").into_iter().chain(replicated.clone()).collect();
     let transform: Vec<String> = topics.args("transform").into_iter().chain(replicated).collect();
     eprintln!("scale out: cluster up after {:.1} s", began.elapsed().as_secs_f64());
