@@ -3,6 +3,7 @@
 //! independent reader of topics.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod balancer;
 pub mod cluster;
 
 use std::collections::{HashMap, HashSet};
