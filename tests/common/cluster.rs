@@ -163,4 +163,3 @@ fn free_port_run(n: u16) -> u16 {
     }
     panic!("no run of {n} free ports found");
 }
-
