@@ -423,9 +423,17 @@ pub struct KafkaArgs {
     /// Partitions of topics the collector creates.
     #[arg(long, env = "COLLECTOR_TOPIC_PARTITIONS", default_value_t = 4)]
     pub topic_partitions: i32,
-    /// Replication factor of topics the collector creates.
+    /// Replication factor of topics the collector creates. A warning at start-up says when it
+    /// exceeds the brokers the cluster reports (Kafka refuses to create the topics until enough
+    /// are up; the collector retries), or when an existing topic has fewer replicas.
     #[arg(long, env = "COLLECTOR_TOPIC_REPLICATION", default_value_t = 1)]
     pub topic_replication: i32,
+    /// `min.insync.replicas` of topics the collector creates: how many replicas must have a
+    /// write before Kafka confirms it (our producers use acks=all). At most
+    /// --topic-replication; 2 with replication 3 survives one broker down without losing a
+    /// confirmed write. Not set: the broker's default applies. Existing topics are not altered.
+    #[arg(long, env = "COLLECTOR_TOPIC_MIN_INSYNC_REPLICAS")]
+    pub topic_min_insync_replicas: Option<i32>,
     /// Extra librdkafka property for every client, `key=value` (repeatable; in the environment
     /// comma-separated), e.g. `security.protocol=SASL_SSL`. Overrides the collector's defaults,
     /// and the configuration file's [kafka.properties] entry of the same name. `--help` does not
@@ -551,6 +559,7 @@ impl KafkaArgs {
             guarantee: self.delivery_guarantee,
             topic_partitions: self.topic_partitions,
             topic_replication: self.topic_replication,
+            topic_min_insync_replicas: self.topic_min_insync_replicas,
         };
         settings.validate()?;
         Ok(settings)

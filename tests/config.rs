@@ -179,6 +179,16 @@ fn an_invalid_setting_stops_the_collector_with_exit_2_and_a_message_naming_it() 
             ],
         ),
         ("[kafka]\ntopic_partitions = 0\n", &["--raw-topic", "raw"], &["--topic-partitions = 0, from "]),
+        (
+            "[kafka]\ntopic_replication = 2\n",
+            &["--topic-min-insync-replicas", "3"],
+            &[
+                "--topic-min-insync-replicas 3 exceeds --topic-replication 2",
+                "--topic-min-insync-replicas = 3, from the command line",
+                "--topic-replication = 2, from ",
+                "collector.toml: [kafka] topic_replication",
+            ],
+        ),
     ];
     for (toml, flags, expected) in cases {
         let file = dir.path().join("collector.toml");
@@ -260,6 +270,7 @@ async fn serve_started_with_only_a_file_listens_and_keeps_its_wal_where_the_file
         child,
         addr: format!("127.0.0.1:{port}").parse().unwrap(),
         admin: Some(format!("127.0.0.1:{admin_port}").parse().unwrap()),
+        log: Default::default(),
     };
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

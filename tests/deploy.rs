@@ -268,6 +268,7 @@ async fn the_example_configuration_boots_takes_a_keyed_request_and_stops_within_
         child,
         addr: format!("127.0.0.1:{port}").parse().unwrap(),
         admin: Some(format!("127.0.0.1:{admin_port}").parse().unwrap()),
+        log: Default::default(),
     };
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
 

@@ -88,6 +88,7 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
             "kafka_call_timeout_ms",
             "topic_partitions",
             "topic_replication",
+            "topic_min_insync_replicas",
             PROPERTIES_KEY,
         ],
     ),

@@ -74,6 +74,17 @@ fn bad_settings_refuse_to_boot() {
 }
 
 #[test]
+fn min_insync_replicas_is_optional_and_between_one_and_the_replication() {
+    assert_eq!(parse(&["run"]).unwrap().kafka.topic_min_insync_replicas, None, "absent: the broker's default");
+    let set = parse(&["run", "--topic-replication", "3", "--topic-min-insync-replicas", "2"]).unwrap();
+    assert_eq!(set.kafka.topic_min_insync_replicas, Some(2));
+    let above = parse(&["run", "--topic-min-insync-replicas", "2"]).unwrap_err();
+    assert!(above.contains("--topic-min-insync-replicas 2 exceeds --topic-replication 1"), "{above}");
+    let zero = parse(&["run", "--topic-replication", "3", "--topic-min-insync-replicas", "0"]).unwrap_err();
+    assert!(zero.contains("--topic-min-insync-replicas 0 must be at least 1"), "{zero}");
+}
+
+#[test]
 fn a_kafka_call_timeout_must_be_below_the_transaction_timeout() {
     let cfg = parse(&["serve"]).unwrap();
     assert_eq!(cfg.flush.producer.txn.operation, Duration::from_secs(10), "the default call timeout");

@@ -3,7 +3,8 @@
 //! # Contract
 //! [`KafkaSettings`] turns the command line into librdkafka configurations (user-supplied
 //! properties win over ours, so TLS/SASL and tuning pass straight through). [`ensure_topics`]
-//! creates missing topics and leaves existing ones alone. The [`outbox`] is the one way a stage
+//! creates missing topics and leaves existing ones alone, warning once where they or the
+//! cluster do not fit the topic settings (too few brokers for the replication, say). The [`outbox`] is the one way a stage
 //! produces: a batch plus the stage's offsets, committed together (exactly-once) or delivered
 //! with every refusal reported (at-least-once); it sends through [`batch::Batch`], which waits
 //! until Kafka confirmed or refused every message. Every client logs through one context

@@ -36,6 +36,9 @@ pub struct KafkaSettings {
     pub topic_partitions: i32,
     /// Replication factor for topics the collector creates.
     pub topic_replication: i32,
+    /// `min.insync.replicas` for topics the collector creates; `None` leaves the broker's
+    /// default. At most `topic_replication`, or no write could ever be confirmed.
+    pub topic_min_insync_replicas: Option<i32>,
 }
 
 /// librdkafka's default `message.max.bytes`.
@@ -55,6 +58,7 @@ impl fmt::Debug for KafkaSettings {
             .field("guarantee", &self.guarantee)
             .field("topic_partitions", &self.topic_partitions)
             .field("topic_replication", &self.topic_replication)
+            .field("topic_min_insync_replicas", &self.topic_min_insync_replicas)
             .finish()
     }
 }
@@ -152,6 +156,21 @@ impl KafkaSettings {
                 "--topic-partitions and --topic-replication must be at least 1".into(),
             ));
         }
+        match self.topic_min_insync_replicas {
+            Some(n) if n < 1 => {
+                return Err(KafkaStageError::Config(format!(
+                    "--topic-min-insync-replicas {n} must be at least 1 (leave it out for the broker's default)"
+                )));
+            }
+            Some(n) if n > self.topic_replication => {
+                return Err(KafkaStageError::Config(format!(
+                    "--topic-min-insync-replicas {n} exceeds --topic-replication {}: Kafka would refuse every \
+                     write to the topics the collector creates, since a write needs that many in-sync replicas",
+                    self.topic_replication
+                )));
+            }
+            _ => {}
+        }
         // Let librdkafka judge the properties themselves: building a client validates them (and
         // reads the TLS files: a missing ssl.ca.location fails here). Its message quotes the
         // value it could not set: `client_error` keeps secrets out.
@@ -181,6 +200,7 @@ impl KafkaSettings {
             guarantee: Guarantee::ExactlyOnce,
             topic_partitions: 1,
             topic_replication: 1,
+            topic_min_insync_replicas: None,
         }
     }
 }
@@ -213,6 +233,25 @@ mod tests {
             KafkaSettings::parse_properties(&extensions).unwrap()[0].1,
             "logicalCluster=lkc-1,identityPoolId=pool-2"
         );
+    }
+
+    #[test]
+    fn min_insync_replicas_must_be_between_one_and_the_replication() {
+        let mut settings = KafkaSettings::for_tests("127.0.0.1:9092");
+        assert!(settings.validate().is_ok(), "absent: the broker's default");
+        settings.topic_replication = 3;
+        for fine in 1..=3 {
+            settings.topic_min_insync_replicas = Some(fine);
+            assert!(settings.validate().is_ok(), "{fine} of 3");
+        }
+        settings.topic_min_insync_replicas = Some(4);
+        let e = settings.validate().unwrap_err().to_string();
+        assert!(e.contains("--topic-min-insync-replicas 4 exceeds --topic-replication 3"), "{e}");
+        for below in [0, -1] {
+            settings.topic_min_insync_replicas = Some(below);
+            let e = settings.validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("--topic-min-insync-replicas {below} must be at least 1")), "{e}");
+        }
     }
 
     #[test]

@@ -218,6 +218,9 @@ pub struct Collector {
     /// The admin listener: the status page `/`, `/metrics`, `/healthz`, `/readyz`; `None` when
     /// started with `--admin-listen none`.
     pub admin: Option<SocketAddr>,
+    /// Every line it logged so far (warnings, and the start-up lines), read with
+    /// [`Collector::log`]; stays empty for a collector a test started itself.
+    pub log: Arc<std::sync::Mutex<String>>,
 }
 
 impl Collector {
@@ -249,9 +252,15 @@ impl Collector {
             .expect("starting the collector binary");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut text = kept.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+                drop(text);
                 let addr = || line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next());
                 // The admin line comes first; the public one ends the start-up.
                 for (kind, what) in [(Listener::Admin, "Admin listening."), (Listener::Public, "Collector listening.")]
@@ -278,7 +287,12 @@ impl Collector {
                 }
             }
         };
-        Ok(Collector { child, addr, admin })
+        Ok(Collector { child, addr, admin, log })
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     /// The port this collector listens on (to restart another one in its place).
