@@ -146,14 +146,17 @@ struct Phase {
 }
 
 impl Phase {
-    /// Starts a collector on fresh topics replicated three times, the reader on its rows topic,
+    /// Starts a collector on fresh topics replicated three times (min ISR 2), the reader on its rows topic,
     /// then the load; returns once rows flow and the load has run [`WARM_UP`].
     async fn start(cluster: &Cluster, name: &str) -> Phase {
         let topics = Topics::new(&cluster.brokers());
         let node = unique(name);
         let wal = tempfile::tempdir().unwrap();
         let mut args = topics.args("run");
-        args.extend(["--node-id", &node, "--topic-replication", "3"].map(String::from));
+        // As in production: a write is confirmed once two of the three replicas have it, so any
+        // one broker may be away.
+        let replication = ["--topic-replication", "3", "--topic-min-insync-replicas", "2"];
+        args.extend(["--node-id", &node].into_iter().chain(replication).map(String::from));
         let collector = blocking(|| Collector::start("run", wal.path(), 0, &args));
         // The reader starts before the load, so every row's arrival is seen when it happens.
         let reader = blocking(|| RowReader::start(&topics.brokers, &topics.transformed));
