@@ -18,9 +18,12 @@
 //! A second live worker with the same instance id takes the membership over and the broker
 //! fences the older one (`FENCED_INSTANCE_ID`, fatal for a librdkafka consumer). The same error
 //! also comes spuriously after a broker restart (seen in `tests/outage.rs`; confluent-kafka-go
-//! #494), so the first fence only rebuilds the consumer and rejoins. Fenced again within
-//! [`FENCED_AGAIN_WINDOW`] means a live rival — the two would fence each other in a loop — and
-//! the worker stops with [`KafkaStageError::Fenced`], as it does when its producer is fenced.
+//! #494; on a three-broker cluster, after the group coordinator's broker is killed: see
+//! `tests/cluster_faults.rs`), so a fence rebuilds the consumer and rejoins. A live rival
+//! fences us again within a few heartbeats of each rejoin, the two in a loop:
+//! [`RIVAL_FENCES`] fences within [`RIVAL_WINDOW`] mean one, and the worker stops with
+//! [`KafkaStageError::Fenced`], as it does when its producer is fenced. Two broker failures
+//! within a minute fence it twice, which is not enough to stop it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,15 +123,30 @@ pub struct KafkaSource {
     topic: String,
     /// `group.instance.id`, named when the broker fences it.
     instance_id: String,
-    /// When the broker last fenced this member: a second fence soon after means a rival.
-    fenced_at: Option<Instant>,
+    /// When the broker fenced this member lately: many fences soon after each other mean a rival.
+    fences: Fences,
     /// Where the consumer reports (statistics, failures).
     status: Arc<TransformStatus>,
 }
 
-/// Fenced twice within this time: another live worker uses our instance id. A rival fences us
-/// again within a few heartbeats; a broker restart rarely comes twice in a minute.
-pub const FENCED_AGAIN_WINDOW: Duration = Duration::from_secs(60);
+/// Fenced this often within [`RIVAL_WINDOW`]: another live worker uses our instance id. A
+/// rival fences us again within a few heartbeats of every rejoin (3 s apart at most: the
+/// heartbeat interval), so it gets there within seconds; a broker failure fences once.
+pub const RIVAL_FENCES: usize = 3;
+pub const RIVAL_WINDOW: Duration = Duration::from_secs(60);
+
+/// The times this member was fenced within the last [`RIVAL_WINDOW`].
+#[derive(Debug, Default)]
+struct Fences(Vec<Instant>);
+
+impl Fences {
+    /// Notes a fence at `now`; true if it makes [`RIVAL_FENCES`] within [`RIVAL_WINDOW`].
+    fn rival_after(&mut self, now: Instant) -> bool {
+        self.0.retain(|at| now.saturating_duration_since(*at) < RIVAL_WINDOW);
+        self.0.push(now);
+        self.0.len() >= RIVAL_FENCES
+    }
+}
 
 impl KafkaSource {
     /// Joins the group of `options` as the static member `collector-transform-<node>` and
@@ -163,22 +181,28 @@ impl KafkaSource {
             ("enable.partition.eof", "false"),
         ]);
         let consumer = join(&config, &kafka.raw_topic, &status)?;
-        Ok(KafkaSource { consumer, config, topic: kafka.raw_topic.clone(), instance_id, fenced_at: None, status })
+        Ok(KafkaSource {
+            consumer,
+            config,
+            topic: kafka.raw_topic.clone(),
+            instance_id,
+            fences: Fences::default(),
+            status,
+        })
     }
 
-    /// After a fatal consumer error: a first fence rebuilds the consumer and rejoins; anything
-    /// else ends the stage.
+    /// After a fatal consumer error: a fence rebuilds the consumer and rejoins, unless it is a
+    /// rival's; anything else ends the stage.
     fn recover(&mut self, error: KafkaError) -> Result<(), KafkaStageError> {
         match self.consumer.client().fatal_error() {
             Some((RDKafkaErrorCode::FencedInstanceId, _)) => {
-                if self.fenced_at.is_some_and(|at| at.elapsed() < FENCED_AGAIN_WINDOW) {
+                if self.fences.rival_after(Instant::now()) {
                     return Err(KafkaStageError::Fenced(format!(
                         "fenced: another transform worker joined the consumer group as {} (the same node id); give each worker its own --node-id",
                         self.instance_id
                     )));
                 }
-                warn!(instance_id = %self.instance_id, "The group fenced this worker's membership (a broker restart, or another worker with this node id); rejoining. Fenced again within a minute, it stops.");
-                self.fenced_at = Some(Instant::now());
+                warn!(instance_id = %self.instance_id, "The group fenced this worker's membership (a broker restart, or another worker with this node id); rejoining. Fenced three times within a minute, it stops.");
                 self.consumer = join(&self.config, &self.topic, &self.status)?;
                 Ok(())
             }
@@ -314,4 +338,26 @@ fn offsets(batch: &[OwnedMessage], fold: impl Fn(&mut i64, i64), init: i64) -> T
         tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).expect("a valid offset");
     }
     tpl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rival_fences_again_and_again_a_broker_failure_once() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        // Two coordinator failures within a minute: the worker rejoins both times.
+        let mut broker_failures = Fences::default();
+        assert!(!broker_failures.rival_after(at(0)));
+        assert!(!broker_failures.rival_after(at(40)));
+        // A third, more than a minute after the first, still is no rival.
+        assert!(!broker_failures.rival_after(at(70)));
+        // A rival rejoining every few seconds: the third fence within the minute stops us.
+        let mut rival = Fences::default();
+        assert!(!rival.rival_after(at(0)));
+        assert!(!rival.rival_after(at(4)));
+        assert!(rival.rival_after(at(8)));
+    }
 }
