@@ -159,7 +159,7 @@ impl Phase {
         args.extend(["--node-id", &node].into_iter().chain(replication).map(String::from));
         let collector = blocking(|| Collector::start("run", wal.path(), 0, &args));
         // The reader starts before the load, so every row's arrival is seen when it happens.
-        let reader = blocking(|| RowReader::start(&topics.brokers, &topics.transformed));
+        let mut reader = blocking(|| RowReader::start(&topics.brokers, &topics.transformed));
         let (stop, counters) = (Arc::new(AtomicBool::new(false)), Arc::new(LoadCounters::default()));
         let load = start_load(collector.port(), LOAD, stop.clone(), counters.clone());
         let clock = AckClock::start(counters.clone());
@@ -167,6 +167,7 @@ impl Phase {
         // pipeline that is already delivering.
         let deadline = Instant::now() + Duration::from_secs(120);
         while reader.arrivals.lock().unwrap().is_empty() {
+            assert!(reader.running(), "{name}: the reader (kcat) exited; its complaints are above");
             assert!(Instant::now() < deadline, "{name}: no row arrived within 120 s of the load's start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -356,8 +357,8 @@ struct RowReader {
 }
 
 impl RowReader {
-    /// Waits until `topic` exists with a leader for every partition (the collector creates it),
-    /// then starts kcat on it.
+    /// Waits until `topic` exists with a leader for every partition that answers for it (the
+    /// collector creates it), then starts kcat on it.
     fn start(brokers: &str, topic: &str) -> RowReader {
         wait_for_topic(brokers, topic, Duration::from_secs(60));
         let mut child = Command::new("kcat")
@@ -420,7 +421,15 @@ fn wait_for_topic(brokers: &str, topic: &str, patience: Duration) {
     loop {
         if let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
             if let Some(t) = metadata.topics().first().filter(|t| t.error().is_none()) {
-                if !t.partitions().is_empty() && t.partitions().iter().all(|p| p.leader() >= 0) {
+                // Led, and each leader already knows it leads: a broker applies the metadata
+                // log on its own, and kcat gives up at once when a leader answers its offset
+                // query with "Unknown topic or partition" (seen on a fresh cluster in CI).
+                let led = !t.partitions().is_empty() && t.partitions().iter().all(|p| p.leader() >= 0);
+                if led
+                    && t.partitions()
+                        .iter()
+                        .all(|p| consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(5)).is_ok())
+                {
                     return;
                 }
             }
