@@ -87,6 +87,9 @@ async fn a_replication_above_the_brokers_keeps_the_collector_running_and_says_wh
     assert!(last_error.contains(&positions) && last_error.contains("Invalid replication factor"), "{last_error}");
     let errors = status["errors"].as_array().unwrap();
     assert!(errors.iter().any(|e| e["message"].as_str().unwrap().contains(&why)), "{errors:?}");
+    // The headline: Kafka answers and refuses, not "unreachable"; its sentence says why.
+    assert_eq!(status["state"], "kafka_refusing", "{status:#}");
+    assert!(status["state_detail"].as_str().unwrap().contains(&why), "{status:#}");
     let ready = http.get(c.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200, "with --ack wal the collector still takes events");
 

@@ -80,7 +80,11 @@ impl Flusher {
         };
         // Topics first; without them every send fails.
         let created = kafka::ensure_topics_retrying(&self.kafka, &topics, &runtime, &stop, &mut backoff, |e| {
-            self.status.failed(with_refusal(e.to_string()));
+            if matches!(e, KafkaStageError::CreateTopic { .. }) {
+                self.status.refused(e.to_string());
+            } else {
+                report_failure(&self.status, e.to_string());
+            }
             warn!(error = %e, "Cannot create the topics yet; the WAL keeps the data meanwhile.");
         })?;
         if !created {
@@ -302,7 +306,7 @@ impl FlushLoop<'_> {
         let outcome = outbox::deliver(self.outbox, &messages, offsets.as_ref(), |e| {
             let message = format!("delivering records {next}..={last} failed: {e}");
             warn!(%message, "Kafka did not take a batch; retrying it.");
-            f.status.failed(with_refusal(message));
+            report_failure(&f.status, message);
             crate::telemetry::flush_failed();
             if let Some((seq, reason)) = refused_too_often(e, &seqs, refusals) {
                 match f.log.set_aside(seq, &reason) {
@@ -356,7 +360,7 @@ impl FlushLoop<'_> {
                 }
                 Err(e) if e.is_permanent() => return Err(e.into()),
                 Err(e) => {
-                    self.flusher.status.failed(with_refusal(e.to_string()));
+                    report_failure(&self.flusher.status, e.to_string());
                     warn!(error = %e, "Cannot start a Kafka transaction yet; the WAL keeps the data meanwhile.");
                     if self.backoff.pause(self.runtime, self.stop) {
                         return Ok(None);
@@ -427,12 +431,13 @@ impl FlushLoop<'_> {
     }
 }
 
-/// A failure as the status page shows it: with the TLS or SASL refusal of the last minute, if
-/// any, which is most likely why (a rotated password shows as timeouts here).
-fn with_refusal(failure: String) -> String {
+/// Reports a failure as the status page shows it: with the TLS or SASL refusal of the last
+/// minute, if any, which is most likely why (a rotated password shows as timeouts here), and
+/// then as a refusal.
+fn report_failure(status: &FlushStatus, failure: String) {
     match kafka::security::recent_refusal() {
-        Some(refusal) => format!("{failure} ({refusal})"),
-        None => failure,
+        Some(refusal) => status.refused(format!("{failure} ({refusal})")),
+        None => status.failed(failure),
     }
 }
 

@@ -26,6 +26,9 @@ pub struct FlushStatus {
     /// Set by a failed Kafka call, cleared by the next success. The flusher retries what failed
     /// until it succeeds, so this never stays set while Kafka is back.
     failing: AtomicBool,
+    /// Set with `failing` when a reachable Kafka refused the call (topic creation, credentials),
+    /// which retrying alone will not mend; cleared by the next success or other failure.
+    refusing: AtomicBool,
     delivered_records: AtomicU64,
     last_error: Mutex<Option<String>>,
     /// The highest WAL sequence number Kafka has confirmed: every record up to it is in the raw
@@ -51,6 +54,8 @@ impl Default for FlushStatus {
 pub struct FlushSnapshot {
     /// The last batch went through.
     pub kafka_ok: bool,
+    /// Kafka answers, and refuses what the flusher asks (see [`FlushStatus::refused`]).
+    pub refusing: bool,
     /// Records delivered since start.
     pub delivered_records: u64,
     pub last_error: Option<String>,
@@ -71,6 +76,7 @@ impl FlushStatus {
         FlushStatus {
             kafka_ok: AtomicBool::new(false),
             failing: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
             delivered_records: AtomicU64::new(0),
             last_error: Mutex::new(None),
             confirmed: watch::channel(0).0,
@@ -83,6 +89,7 @@ impl FlushStatus {
     pub fn snapshot(&self) -> FlushSnapshot {
         FlushSnapshot {
             kafka_ok: self.kafka_ok.load(Ordering::Relaxed),
+            refusing: self.refusing.load(Ordering::Relaxed),
             delivered_records: self.delivered_records.load(Ordering::Relaxed),
             last_error: self.last_error.lock().expect("status lock poisoned").clone(),
         }
@@ -135,6 +142,7 @@ impl FlushStatus {
     pub(super) fn connected(&self) {
         self.kafka_ok.store(true, Ordering::Relaxed);
         self.failing.store(false, Ordering::Release);
+        self.refusing.store(false, Ordering::Relaxed);
         *self.last_error.lock().expect("status lock poisoned") = None;
     }
 
@@ -146,6 +154,19 @@ impl FlushStatus {
     /// A Kafka call failed: the status page says so, and the producer counts as disconnected
     /// until it reports again.
     pub(super) fn failed(&self, error: String) {
+        self.refusing.store(false, Ordering::Relaxed);
+        self.fail(error);
+    }
+
+    /// A reachable Kafka refused the call: it would not create the topics (a replication above
+    /// its brokers, a missing ACL), or turned the credentials down. Retried like any failure,
+    /// but the status page says Kafka refuses rather than that it is away.
+    pub(super) fn refused(&self, error: String) {
+        self.refusing.store(true, Ordering::Relaxed);
+        self.fail(error);
+    }
+
+    fn fail(&self, error: String) {
         self.kafka_ok.store(false, Ordering::Relaxed);
         self.failing.store(true, Ordering::Release);
         self.link.call_failed();

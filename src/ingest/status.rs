@@ -74,17 +74,22 @@ enum Headline {
     WalFull,
     WalFailed,
     KafkaUnreachable,
+    /// Kafka answers but refuses what the flusher asks: retrying will not mend it.
+    KafkaRefusing,
 }
 
-/// The headline: why ingest refuses, if it does (readiness decides); else whether Kafka is
-/// reachable: not if a client is disconnected, or the flusher's last call failed and its
-/// producer has not reported a connection since.
-fn headline(unready: Option<Unready>, links: &[LinkSnapshot], flush_failing: bool) -> Headline {
+/// The headline: why ingest refuses, if it does (readiness decides); else whether Kafka
+/// refuses the flusher (`flush_refusing`: it answered no); else whether Kafka is reachable: not
+/// if a client is disconnected, or the flusher's last call failed and its producer has not
+/// reported a connection since.
+fn headline(unready: Option<Unready>, links: &[LinkSnapshot], flush_failing: bool, flush_refusing: bool) -> Headline {
     match unready {
         Some(Unready::Draining) => Headline::Draining,
         Some(Unready::WalUnavailable) => Headline::WalFailed,
         Some(Unready::WalFull) => Headline::WalFull,
+        Some(Unready::KafkaUnavailable) if flush_refusing => Headline::KafkaRefusing,
         Some(Unready::KafkaUnavailable) => Headline::KafkaUnreachable,
+        None if flush_refusing => Headline::KafkaRefusing,
         None => {
             let disconnected = links.iter().any(|l| l.state == LinkState::Disconnected);
             let flusher_up = links.iter().any(|l| l.stage == "flusher" && l.state == LinkState::Connected);
@@ -97,8 +102,9 @@ fn headline(unready: Option<Unready>, links: &[LinkSnapshot], flush_failing: boo
     }
 }
 
-/// The headline in a sentence; `acks_after_kafka`: `--ack kafka`, which refuses while Kafka is
-/// away instead of filling the WAL.
+/// The headline in a sentence; `fault`: the WAL's, or the flusher's last error when Kafka
+/// refuses; `acks_after_kafka`: `--ack kafka`, which refuses while Kafka is away instead of
+/// filling the WAL.
 fn detail(headline: Headline, fault: Option<&str>, acks_after_kafka: bool) -> String {
     match headline {
         Headline::Accepting => "Accepting events; the WAL is delivered to Kafka as it fills.".into(),
@@ -118,6 +124,15 @@ fn detail(headline: Headline, fault: Option<&str>, acks_after_kafka: bool) -> St
         Headline::KafkaUnreachable => {
             "Kafka is unreachable: events are still accepted, and wait in the WAL (up to its quota) until it is back.".into()
         }
+        Headline::KafkaRefusing => format!(
+            "Kafka answers but refuses the flusher ({}); {}, and the flusher retries by itself once the cause is fixed.",
+            fault.unwrap_or("see the last errors"),
+            if acks_after_kafka {
+                "/collect answers 503 kafka_unavailable meanwhile (--ack kafka)"
+            } else {
+                "events are still accepted, and wait in the WAL (up to its quota)"
+            }
+        ),
     }
 }
 
@@ -131,7 +146,11 @@ fn snapshot(state: &IngestState) -> Status<'_> {
         WalFault::Stalled(running) => format!("a group commit has run for {running:?}"),
     });
     let unready = state.unready();
-    let headline = headline(unready, &kafka, !flush.kafka_ok && flush.last_error.is_some());
+    let headline = headline(unready, &kafka, !flush.kafka_ok && flush.last_error.is_some(), flush.refusing);
+    let fault = match headline {
+        Headline::KafkaRefusing => flush.last_error.clone(),
+        _ => wal_fault.clone(),
+    };
     Status {
         service: "collector",
         version: env!("CARGO_PKG_VERSION"),
@@ -140,7 +159,7 @@ fn snapshot(state: &IngestState) -> Status<'_> {
         draining: state.draining.load(Ordering::Acquire),
         uptime_secs: state.started.elapsed().as_secs(),
         state: headline,
-        state_detail: detail(headline, wal_fault.as_deref(), state.options.ack.waits_for_kafka()),
+        state_detail: detail(headline, fault.as_deref(), state.options.ack.waits_for_kafka()),
         wal_fault,
         wal,
         oldest_pending_age_ms,
@@ -223,20 +242,26 @@ mod tests {
     #[test]
     fn the_headline_says_why_ingest_refuses_first_then_whether_kafka_is_reachable() {
         let up = [link("flusher", LinkState::Connected), link("transform_consumer", LinkState::Connected)];
-        assert_eq!(headline(None, &up, false), Headline::Accepting);
-        assert_eq!(headline(Some(Unready::Draining), &up, false), Headline::Draining);
-        assert_eq!(headline(Some(Unready::WalFull), &up, true), Headline::WalFull);
-        assert_eq!(headline(Some(Unready::WalUnavailable), &up, false), Headline::WalFailed);
+        assert_eq!(headline(None, &up, false, false), Headline::Accepting);
+        assert_eq!(headline(Some(Unready::Draining), &up, false, false), Headline::Draining);
+        assert_eq!(headline(Some(Unready::WalFull), &up, true, false), Headline::WalFull);
+        assert_eq!(headline(Some(Unready::WalUnavailable), &up, false, false), Headline::WalFailed);
         let consumer_down =
             [link("flusher", LinkState::Connected), link("transform_consumer", LinkState::Disconnected)];
-        assert_eq!(headline(None, &consumer_down, false), Headline::KafkaUnreachable);
+        assert_eq!(headline(None, &consumer_down, false, false), Headline::KafkaUnreachable);
         // Starting: no report yet is not an outage; a failed call without a report since is.
         let starting = [link("flusher", LinkState::Unknown)];
-        assert_eq!(headline(None, &starting, false), Headline::Accepting);
-        assert_eq!(headline(None, &starting, true), Headline::KafkaUnreachable);
+        assert_eq!(headline(None, &starting, false, false), Headline::Accepting);
+        assert_eq!(headline(None, &starting, true, false), Headline::KafkaUnreachable);
         // A failed batch while the producer is connected (a refused record, say) is an error
         // to list, not an outage.
-        assert_eq!(headline(None, &up, true), Headline::Accepting);
+        assert_eq!(headline(None, &up, true, false), Headline::Accepting);
+        // Kafka answered no (topics refused, credentials turned down): not an outage either.
+        assert_eq!(headline(None, &starting, true, true), Headline::KafkaRefusing);
+        assert_eq!(headline(Some(Unready::KafkaUnavailable), &starting, true, true), Headline::KafkaRefusing);
+        assert_eq!(headline(Some(Unready::KafkaUnavailable), &starting, true, false), Headline::KafkaUnreachable);
+        // The WAL's state comes first.
+        assert_eq!(headline(Some(Unready::WalFull), &starting, true, true), Headline::WalFull);
     }
 
     #[test]
