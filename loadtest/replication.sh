@@ -9,9 +9,10 @@
 #
 # Each round measures the floor, then the pipeline with replication factor 1 and with 3 (the
 # order alternates between rounds, so drift of a shared machine does not favour one), each on
-# topics and a WAL of its own. For each pipeline measurement, `loadgen verify` reads the rows
-# topic (read_committed) until every acknowledged event is there, and fails the script if one is
-# lost or duplicated; the time it took after the load stopped gives the delivered rate:
+# topics (the positions topic included) and a WAL of its own. For each pipeline measurement,
+# `loadgen verify` reads the rows topic (read_committed) until every acknowledged event is
+# there, and fails the script if one is lost or duplicated; the time it took after the load
+# stopped gives the delivered rate:
 #
 #   ingest    req/s answered 2xx (the WAL's fsync; Kafka is not waited for)
 #   delivered events in the rows topic per second of the whole: acknowledged / (SECS + time until
@@ -51,8 +52,8 @@ cargo build --release --bin collector >&2
 cargo build --release --manifest-path loadtest/loadgen/Cargo.toml >&2
 
 if ! "$CLUSTER" status 2>/dev/null; then
+  started_cluster=1 # before the start: an interrupted start leaves brokers to reset
   "$CLUSTER" start
-  started_cluster=1
 fi
 BROKERS="$("$CLUSTER" brokers)"
 
@@ -64,7 +65,9 @@ printf 'round\tcase\treq_per_s\tfloor_req_per_s\tacknowledged\tall_found_after_s
 # One pipeline measurement: $1 = round, $2 = replication factor.
 pipeline() {
   local round=$1 rf=$2 id="$STAMP-rf$2-$1"
-  local topic_flags=(--topic-replication "$rf")
+  # Every topic of its own, the positions topic included: one created by a replication 1 run
+  # would leave the replication 3 runs' position commits on a single replica.
+  local topic_flags=(--topic-replication "$rf" --positions-topic "$id-positions")
   if ((rf > 1)); then topic_flags+=(--topic-min-insync-replicas 2); fi
   start_collector run "$id" --brokers "$BROKERS" "${topic_flags[@]}"
   local rps

@@ -61,11 +61,19 @@ say() { echo "kafka.sh: $*" >&2; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Whether process $1 runs: `kill -0` also succeeds on a zombie, and the broker, orphaned once
+# this script exits, stays one until PID 1 reaps it (some never do).
+alive() {
+  local state
+  state="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)"
+  [[ -n "$state" && "$state" != Z ]]
+}
+
 our_pid() {
   [[ -f "$PIDFILE" ]] || return 1
   local pid
   pid="$(cat "$PIDFILE")"
-  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && grep -q kafka.Kafka "/proc/$pid/cmdline" 2>/dev/null; then
+  if [[ -n "$pid" ]] && alive "$pid" && grep -q kafka.Kafka "/proc/$pid/cmdline" 2>/dev/null; then
     echo "$pid"
     return 0
   fi
@@ -138,7 +146,9 @@ listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.se
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 EOF
   fi
-  cat >"$STATE/log4j2.properties" <<'EOF'
+  # Written aside and moved into place: kafka-cluster.sh starts three brokers at once, and a
+  # JVM reading a half-written file would log at ERROR only (and never say it started).
+  cat >"$STATE/log4j2.properties.$$" <<'EOF'
 rootLogger.level = INFO
 rootLogger.appenderRef.stdout.ref = STDOUT
 appender.stdout.type = Console
@@ -150,6 +160,7 @@ logger.kafka.level = INFO
 logger.org.name = org.apache.kafka
 logger.org.level = WARN
 EOF
+  mv -f "$STATE/log4j2.properties.$$" "$STATE/log4j2.properties"
 }
 
 java_run() {
@@ -283,7 +294,7 @@ start() {
   echo $! >"$PIDFILE"
   local waited=0
   until port_open "$PORT" && grep -q "Kafka Server started" "$LOG" && { [[ -z "$SASL_PORT" ]] || port_open "$SASL_PORT"; }; do
-    if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+    if ! alive "$(cat "$PIDFILE")"; then
       say "Kafka exited during start-up; last lines of $LOG:"
       tail -n 40 "$LOG" >&2
       rm -f "$PIDFILE"
@@ -314,7 +325,10 @@ crash() {
   fi
   say "killing Kafka (pid $pid) with SIGKILL"
   kill -KILL "$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  for _ in $(seq 1 100); do
+    alive "$pid" || break
+    sleep 0.1
+  done
   rm -f "$PIDFILE"
 }
 
@@ -327,10 +341,10 @@ stop() {
   say "stopping Kafka (pid $pid)"
   kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq 1 60); do
-    kill -0 "$pid" 2>/dev/null || break
+    alive "$pid" || break
     sleep 0.5
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$pid"; then
     say "Kafka did not stop within 30s; killing it"
     kill -KILL "$pid" 2>/dev/null || true
   fi

@@ -80,7 +80,7 @@ impl Flusher {
         };
         // Topics first; without them every send fails.
         let created = kafka::ensure_topics_retrying(&self.kafka, &topics, &runtime, &stop, &mut backoff, |e| {
-            if matches!(e, KafkaStageError::CreateTopic { .. }) {
+            if e.is_refusal() {
                 self.status.refused(e.to_string());
             } else {
                 report_failure(&self.status, e.to_string());

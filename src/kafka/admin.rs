@@ -79,9 +79,9 @@ pub async fn ensure_topics(settings: &KafkaSettings, topics: &[&str]) -> Result<
                      retrying until enough brokers are up",
                     settings.topic_replication, cluster.brokers
                 );
-                return Err(KafkaStageError::CreateTopic { topic, reason });
+                return Err(KafkaStageError::CreateTopic { topic, code, reason });
             }
-            Err((topic, code)) => return Err(KafkaStageError::CreateTopic { topic, reason: code.to_string() }),
+            Err((topic, code)) => return Err(KafkaStageError::CreateTopic { topic, code, reason: code.to_string() }),
         }
     }
     Ok(())
@@ -177,6 +177,8 @@ async fn min_insync_mismatches(
         }
     };
     let mut mismatches = Vec::new();
+    // librdkafka returns the results in the order of the request (rdkafka_admin.c parses the
+    // response into the request's resource order), so they pair with `topics` as they come.
     for (topic, result) in topics.iter().zip(described) {
         let actual = match &result {
             Ok(resource) => resource.get(MIN_INSYNC_REPLICAS).and_then(|e| e.value.clone()),

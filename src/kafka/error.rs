@@ -1,4 +1,5 @@
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use thiserror::Error;
 
 /// Errors talking to Kafka.
@@ -12,8 +13,9 @@ pub enum KafkaStageError {
     Config(String),
     #[error("Kafka client error: {0}")]
     Client(#[from] KafkaError),
+    /// Kafka answered a topic creation with `code`; `reason` explains it.
     #[error("creating topic {topic} failed: {reason}")]
-    CreateTopic { topic: String, reason: String },
+    CreateTopic { topic: String, code: RDKafkaErrorCode, reason: String },
     /// The committed position belongs to another WAL under the same node id.
     #[error("{0}")]
     ForeignPosition(String),
@@ -45,6 +47,26 @@ impl From<super::OutboxError> for KafkaStageError {
 }
 
 impl KafkaStageError {
+    /// Kafka answered, and no: retried like any failure, but a person must act (a replication
+    /// above the brokers, a missing ACL, a policy or configuration the cluster rejects). A
+    /// timeout or a controller moving during a failover mends itself and is no refusal.
+    pub fn is_refusal(&self) -> bool {
+        use RDKafkaErrorCode as Code;
+        matches!(
+            self,
+            KafkaStageError::CreateTopic {
+                code: Code::InvalidReplicationFactor
+                    | Code::InvalidReplicaAssignment
+                    | Code::InvalidPartitions
+                    | Code::InvalidConfig
+                    | Code::PolicyViolation
+                    | Code::TopicAuthorizationFailed
+                    | Code::ClusterAuthorizationFailed,
+                ..
+            }
+        )
+    }
+
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
@@ -55,5 +77,23 @@ impl KafkaStageError {
                 | KafkaStageError::ForeignPosition(_)
                 | KafkaStageError::Refused(_)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_no_from_kafka_is_a_refusal() {
+        let create = |code| KafkaStageError::CreateTopic { topic: "t".into(), code, reason: String::new() };
+        assert!(create(RDKafkaErrorCode::InvalidReplicationFactor).is_refusal());
+        assert!(create(RDKafkaErrorCode::TopicAuthorizationFailed).is_refusal());
+        // A controller failover or a slow broker mends itself.
+        assert!(!create(RDKafkaErrorCode::RequestTimedOut).is_refusal());
+        assert!(!create(RDKafkaErrorCode::NotController).is_refusal());
+        assert!(!KafkaStageError::Client(KafkaError::Canceled).is_refusal());
+        // Either way the stage retries.
+        assert!(create(RDKafkaErrorCode::InvalidReplicationFactor).is_retryable());
     }
 }

@@ -4,12 +4,13 @@
 //! [`KafkaSettings`] turns the command line into librdkafka configurations (user-supplied
 //! properties win over ours, so TLS/SASL and tuning pass straight through). [`ensure_topics`]
 //! creates missing topics and leaves existing ones alone, warning once where they or the
-//! cluster do not fit the topic settings (too few brokers for the replication, say). The [`outbox`] is the one way a stage
-//! produces: a batch plus the stage's offsets, committed together (exactly-once) or delivered
-//! with every refusal reported (at-least-once); it sends through [`batch::Batch`], which waits
-//! until Kafka confirmed or refused every message. Every client logs through one context
-//! ([`LogContext`] and the `logs_to_tracing!` macro); the stages' clients also report their
-//! connection state to a [`KafkaLink`] from librdkafka's statistics.
+//! cluster do not fit the topic settings (too few brokers for the replication, say). The
+//! [`outbox`] is the one way a stage produces: a batch plus the stage's offsets, committed
+//! together (exactly-once) or delivered with every refusal reported (at-least-once); it sends
+//! through [`batch::Batch`], which waits until Kafka confirmed or refused every message. Every
+//! client logs through one context ([`LogContext`] and the `logs_to_tracing!` macro); the
+//! stages' clients also report their connection state to a [`KafkaLink`] from librdkafka's
+//! statistics.
 //!
 //! TLS and SASL: [`preflight()`] checks at start-up that Kafka accepts the configuration and
 //! stops the start with one clear sentence if it refuses it (wrong password, untrusted

@@ -148,8 +148,18 @@ impl KafkaSettings {
                 return Err(KafkaStageError::Config(format!("{name} {topic:?} is not a valid Kafka topic name")));
             }
         }
-        if self.raw_topic == self.transformed_topic {
-            return Err(KafkaStageError::Config("--raw-topic and --transformed-topic must differ".into()));
+        // Each topic has one job; two flags naming one topic would mix raw requests, rows, dead
+        // letters and positions (and Kafka refuses a request naming one topic twice).
+        let named = [
+            ("--raw-topic", &self.raw_topic),
+            ("--transformed-topic", &self.transformed_topic),
+            ("--dead-letter-topic", &self.dead_letter_topic),
+            ("--positions-topic", &self.positions_topic),
+        ];
+        for (i, (a, topic)) in named.iter().enumerate() {
+            if let Some((b, _)) = named[i + 1..].iter().find(|(_, other)| other == topic) {
+                return Err(KafkaStageError::Config(format!("{a} and {b} must differ (both are {topic:?})")));
+            }
         }
         if self.topic_partitions < 1 || self.topic_replication < 1 {
             return Err(KafkaStageError::Config(
@@ -252,6 +262,17 @@ mod tests {
             let e = settings.validate().unwrap_err().to_string();
             assert!(e.contains(&format!("--topic-min-insync-replicas {below} must be at least 1")), "{e}");
         }
+    }
+
+    #[test]
+    fn every_topic_flag_names_a_topic_of_its_own() {
+        let mut settings = KafkaSettings::for_tests("127.0.0.1:9092");
+        settings.dead_letter_topic = "positions".into();
+        let e = settings.validate().unwrap_err().to_string();
+        assert!(e.contains("--dead-letter-topic and --positions-topic must differ (both are \"positions\")"), "{e}");
+        settings.dead_letter_topic = "raw".into();
+        let e = settings.validate().unwrap_err().to_string();
+        assert!(e.contains("--raw-topic and --dead-letter-topic must differ"), "{e}");
     }
 
     #[test]

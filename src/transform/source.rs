@@ -20,10 +20,11 @@
 //! also comes spuriously after a broker restart (seen in `tests/outage.rs`; confluent-kafka-go
 //! #494; on a three-broker cluster, after the group coordinator's broker is killed: see
 //! `tests/cluster_faults.rs`), so a fence rebuilds the consumer and rejoins. A live rival
-//! fences us again within a few heartbeats of each rejoin, the two in a loop:
-//! [`RIVAL_FENCES`] fences within [`RIVAL_WINDOW`] mean one, and the worker stops with
-//! [`KafkaStageError::Fenced`], as it does when its producer is fenced. Two broker failures
-//! within a minute fence it twice, which is not enough to stop it.
+//! fences us again within a few heartbeats of each rejoin, the two in a loop: [`RIVAL_FENCES`]
+//! fences in a row, each within [`RIVAL_QUICK`] of the one before, mean one, and the worker
+//! stops with [`KafkaStageError::Fenced`], as it does when its producer is fenced. Broker
+//! failures, even a rolling restart moving the group coordinator at every step, fence it
+//! further apart (a broker's stop and start take longer), which never stops it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,22 +130,28 @@ pub struct KafkaSource {
     status: Arc<TransformStatus>,
 }
 
-/// Fenced this often within [`RIVAL_WINDOW`]: another live worker uses our instance id. A
-/// rival fences us again within a few heartbeats of every rejoin (3 s apart at most: the
-/// heartbeat interval), so it gets there within seconds; a broker failure fences once.
+/// Fenced this many times in a row, each within [`RIVAL_QUICK`] of the one before: another
+/// live worker uses our instance id.
 pub const RIVAL_FENCES: usize = 3;
-pub const RIVAL_WINDOW: Duration = Duration::from_secs(60);
+/// How soon a rival fences us again after we rejoin: its next heartbeat (at most 3 s apart)
+/// after its own rejoin, which our rejoin provoked; a few seconds, with room for a slow machine.
+pub const RIVAL_QUICK: Duration = Duration::from_secs(10);
 
-/// The times this member was fenced within the last [`RIVAL_WINDOW`].
+/// The fences of this member that came quickly one after another.
 #[derive(Debug, Default)]
-struct Fences(Vec<Instant>);
+struct Fences {
+    last: Option<Instant>,
+    quick_in_a_row: usize,
+}
 
 impl Fences {
-    /// Notes a fence at `now`; true if it makes [`RIVAL_FENCES`] within [`RIVAL_WINDOW`].
+    /// Notes a fence at `now` (the member rejoins at once); true if it makes [`RIVAL_FENCES`]
+    /// in a row, each within [`RIVAL_QUICK`] of the one before.
     fn rival_after(&mut self, now: Instant) -> bool {
-        self.0.retain(|at| now.saturating_duration_since(*at) < RIVAL_WINDOW);
-        self.0.push(now);
-        self.0.len() >= RIVAL_FENCES
+        let quick = self.last.is_some_and(|last| now.saturating_duration_since(last) < RIVAL_QUICK);
+        self.quick_in_a_row = if quick { self.quick_in_a_row + 1 } else { 1 };
+        self.last = Some(now);
+        self.quick_in_a_row >= RIVAL_FENCES
     }
 }
 
@@ -202,7 +209,7 @@ impl KafkaSource {
                         self.instance_id
                     )));
                 }
-                warn!(instance_id = %self.instance_id, "The group fenced this worker's membership (a broker restart, or another worker with this node id); rejoining. Fenced three times within a minute, it stops.");
+                warn!(instance_id = %self.instance_id, "The group fenced this worker's membership (a broker restart, or another worker with this node id); rejoining. Fenced {RIVAL_FENCES} times in a row, each within {RIVAL_QUICK:?} of the one before, it stops.");
                 self.consumer = join(&self.config, &self.topic, &self.status)?;
                 Ok(())
             }
@@ -348,16 +355,22 @@ mod tests {
     fn a_rival_fences_again_and_again_a_broker_failure_once() {
         let start = Instant::now();
         let at = |secs: u64| start + Duration::from_secs(secs);
-        // Two coordinator failures within a minute: the worker rejoins both times.
+        // A rolling restart moving the group coordinator at each of three steps, 20 s apart, and
+        // more failures after it: the worker rejoins every time.
         let mut broker_failures = Fences::default();
-        assert!(!broker_failures.rival_after(at(0)));
-        assert!(!broker_failures.rival_after(at(40)));
-        // A third, more than a minute after the first, still is no rival.
-        assert!(!broker_failures.rival_after(at(70)));
-        // A rival rejoining every few seconds: the third fence within the minute stops us.
+        for secs in [0, 20, 40, 60, 75] {
+            assert!(!broker_failures.rival_after(at(secs)), "fence at {secs} s");
+        }
+        // A rival rejoining every few seconds: the third quick fence in a row stops us.
         let mut rival = Fences::default();
-        assert!(!rival.rival_after(at(0)));
-        assert!(!rival.rival_after(at(4)));
-        assert!(rival.rival_after(at(8)));
+        assert!(!rival.rival_after(at(100)));
+        assert!(!rival.rival_after(at(104)));
+        assert!(rival.rival_after(at(108)));
+        // A slow fence in between starts the count again.
+        let mut mixed = Fences::default();
+        for secs in [0, 4, 30, 34] {
+            assert!(!mixed.rival_after(at(secs)), "fence at {secs} s");
+        }
+        assert!(mixed.rival_after(at(38)));
     }
 }

@@ -38,12 +38,15 @@ impl Cluster {
     }
 
     fn script(&self, args: &[&str]) {
-        let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka-cluster.sh"))
+        assert!(self.try_script(args), "scripts/kafka-cluster.sh {args:?} failed");
+    }
+
+    fn try_script(&self, args: &[&str]) -> bool {
+        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka-cluster.sh"))
             .args(args)
             .env("KAFKA_CLUSTER_PORT", self.base_port.to_string())
             .status()
-            .unwrap();
-        assert!(status.success(), "scripts/kafka-cluster.sh {args:?} failed");
+            .is_ok_and(|s| s.success())
     }
 
     /// The bootstrap list: all three brokers.
@@ -136,8 +139,11 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
+    /// Never panics: a panic while a failing test unwinds would abort before the brokers go.
     fn drop(&mut self) {
-        self.script(&["reset"]);
+        if !self.try_script(&["reset"]) {
+            eprintln!("scripts/kafka-cluster.sh reset failed for the cluster on port {}", self.base_port);
+        }
     }
 }
 
@@ -149,13 +155,20 @@ pub fn transaction_state_partition(transactional_id: &str) -> i32 {
     abs % TRANSACTION_STATE_PARTITIONS
 }
 
-/// The first of `n` consecutive ports that are all free now.
+/// The first of `n` consecutive ports that are all free now, below the range the kernel hands
+/// out to outgoing connections: a client reconnecting to a stopped broker must not take the
+/// port that broker listens on again when it restarts.
 fn free_port_run(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = super::free_port();
-        if base.checked_add(n).is_none() {
-            continue;
-        }
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u16, ephemeral_from.saturating_sub(n));
+    assert!(hi > lo, "no ports below the ephemeral range ({ephemeral_from})");
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    for attempt in 0..200u32 {
+        let spread = u32::from(hi - lo);
+        let base = lo + ((seed.wrapping_add(attempt.wrapping_mul(7919))).wrapping_mul(2_654_435_761) % spread) as u16;
         let held: Vec<TcpListener> = (0..n).filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
         if held.len() == n as usize {
             return base;
