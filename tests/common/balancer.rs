@@ -42,10 +42,12 @@ pub struct BalancedOutcome {
     pub deduplicated: usize,
 }
 
-/// [`super::start_load`]'s clients in front of several collectors (`ports`): one-event
-/// requests with unique ids (`c{client}-{n}`, carried as `event_type` and as the
-/// `Idempotency-Key`), each sent to `ports[backend_for(id)]` and retried there until it is
-/// acknowledged; a client gives up on the request in hand only when `stop` is set.
+/// Tracker-like clients in front of several collectors (`ports`): one-event requests with
+/// unique ids (`c{client}-{n}`, carried as `event_type` and as the `Idempotency-Key`), each sent
+/// to `ports[backend_for(id)]` and retried there until it is acknowledged (a 503 must carry
+/// `Retry-After`; a cut-off answer is retried); a client gives up on the request in hand only
+/// when `stop` is set. Each client sends one request at a time, in order, so
+/// [`LoadCounters::acked_per_client`] says exactly which ids were acknowledged so far.
 pub fn start_balanced_load(
     ports: &[u16],
     shape: LoadShape,

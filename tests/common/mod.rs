@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -460,62 +460,17 @@ pub struct LoadOutcome {
 
 /// Clients that behave like real trackers: one-event requests with unique ids (carried as
 /// `event_type`), each retried with its `Idempotency-Key` until it is acknowledged; they give
-/// up on the request in hand only when `stop` is set.
+/// up on the request in hand only when `stop` is set. The balanced load
+/// ([`balancer::start_balanced_load`]) with one collector behind it.
 pub fn start_load(
     port: u16,
     shape: LoadShape,
     stop: Arc<AtomicBool>,
     counters: Arc<LoadCounters>,
 ) -> Vec<tokio::task::JoinHandle<LoadOutcome>> {
-    (0..shape.clients)
-        .map(|c| {
-            let (stop, counters) = (stop.clone(), counters.clone());
-            tokio::spawn(async move {
-                let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-                let url = format!("http://127.0.0.1:{port}/collect");
-                let filler = "x".repeat(shape.pad);
-                let mut out = LoadOutcome::default();
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let id = format!("c{c}-{i}");
-                    i += 1;
-                    out.attempted += 1;
-                    let body = format!(
-                        r#"{{"events":[{{"event_type":"{id}","event_time":1750867000000,"user_id":"user-{c}","pad":"{filler}"}}],"ctx":{{"browser":"Firefox","device":"Desktop","version":"126.0"}}}}"#
-                    );
-                    loop {
-                        let sent = http
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .header("idempotency-key", &id)
-                            .body(body.clone())
-                            .send()
-                            .await;
-                        match sent {
-                            Ok(r) if r.status() == 200 => {
-                                out.acked.insert(id.clone());
-                                counters.acked.fetch_add(1, Ordering::Relaxed);
-                                counters.acked_per_client.lock().unwrap().insert(c, i);
-                                tokio::time::sleep(shape.pace).await;
-                                break;
-                            }
-                            Ok(r) if r.status() == 503 => {
-                                assert!(r.headers().contains_key("retry-after"), "503 without Retry-After");
-                                counters.unavailable.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(r) => panic!("unexpected status {}", r.status()),
-                            Err(_) => {}
-                        }
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        out.retries += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                out
-            })
-        })
+    balancer::start_balanced_load(&[port], shape, stop, counters)
+        .into_iter()
+        .map(|client| tokio::spawn(async move { client.await.unwrap().load }))
         .collect()
 }
 
