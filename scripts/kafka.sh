@@ -62,11 +62,25 @@ say() { echo "kafka.sh: $*" >&2; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Whether process $1 runs: `kill -0` also succeeds on a zombie, and the broker, orphaned once
-# this script exits, stays one until PID 1 reaps it (some never do).
+# this script exits, stays one until PID 1 reaps it (some never do). Every thread counts: a
+# JVM's main thread is a zombie while its other threads still exit, holding the ports.
 alive() {
-  local state
-  state="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)"
-  [[ -n "$state" && "$state" != Z ]]
+  local stat state
+  for stat in /proc/"$1"/task/*/stat; do
+    state="$(sed 's/.*) //' "$stat" 2>/dev/null | cut -d' ' -f1)"
+    [[ -n "$state" && "$state" != [ZX] ]] && return 0
+  done
+  return 1
+}
+
+# Waits until process $1 is gone, checking $2 times, $3 seconds apart; false if it is not.
+gone_within() {
+  local _
+  for _ in $(seq 1 "$2"); do
+    alive "$1" || return 0
+    sleep "$3"
+  done
+  ! alive "$1"
 }
 
 our_pid() {
@@ -325,10 +339,7 @@ crash() {
   fi
   say "killing Kafka (pid $pid) with SIGKILL"
   kill -KILL "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do
-    alive "$pid" || break
-    sleep 0.1
-  done
+  gone_within "$pid" 100 0.1 || true
   rm -f "$PIDFILE"
 }
 
@@ -340,11 +351,7 @@ stop() {
   fi
   say "stopping Kafka (pid $pid)"
   kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 60); do
-    alive "$pid" || break
-    sleep 0.5
-  done
-  if alive "$pid"; then
+  if ! gone_within "$pid" 60 0.5; then
     say "Kafka did not stop within 30s; killing it"
     kill -KILL "$pid" 2>/dev/null || true
   fi

@@ -11,9 +11,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,30 +39,11 @@ struct Worker {
 
 impl Worker {
     fn start(node: &'static str, args: &[String]) -> Worker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_collector"))
-            .arg("transform")
-            .args(args)
-            .args(["--node-id", node])
-            // Warnings, and the start-up line that names the admin address.
-            .env("COLLECTOR_LOG", "warn,collector::app=info")
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting collector transform");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("Admin listening.") {
-                    if let Some(addr) = line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()) {
-                        let _ = tx.send(addr.to_string());
-                    }
-                }
-                eprintln!("[{node}] {line}");
-            }
-        });
-        let admin = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr.parse().expect("the worker logs a socket address"),
+        let mut command = Command::new(env!("CARGO_BIN_EXE_collector"));
+        command.arg("transform").args(args).args(["--node-id", node]);
+        let Spawned { mut child, listening, .. } = spawn_logged(&mut command, node);
+        let admin = match listening.recv_timeout(Duration::from_secs(30)) {
+            Ok((_, addr)) => addr,
             Err(_) => {
                 let status = child.try_wait().unwrap();
                 let _ = child.kill();

@@ -243,41 +243,12 @@ impl Collector {
         if !extra.iter().any(|a| a == "--admin-listen") {
             command.args(["--admin-listen", "127.0.0.1:0"]);
         }
-        let mut child = command
-            .args(extra)
-            // Warnings for the test log, plus the start-up lines that carry the bound addresses.
-            .env("COLLECTOR_LOG", "warn,collector::app=info")
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the collector binary");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log = Arc::new(std::sync::Mutex::new(String::new()));
-        let kept = log.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut text = kept.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-                drop(text);
-                let addr = || line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next());
-                // The admin line comes first; the public one ends the start-up.
-                for (kind, what) in [(Listener::Admin, "Admin listening."), (Listener::Public, "Collector listening.")]
-                {
-                    if let Some(addr) = addr().filter(|_| line.contains(what)) {
-                        let _ = tx.send((kind, addr.to_string()));
-                    }
-                }
-                eprintln!("[collector] {line}");
-            }
-        });
+        let Spawned { mut child, log, listening } = spawn_logged(command.args(extra), "collector");
         let mut admin = None;
         let addr = loop {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok((Listener::Admin, addr)) => admin = Some(addr.parse().expect("the collector logs a socket address")),
-                Ok((Listener::Public, addr)) => break addr.parse().expect("the collector logs a socket address"),
+            match listening.recv_timeout(Duration::from_secs(30)) {
+                Ok((ListenerKind::Admin, addr)) => admin = Some(addr),
+                Ok((ListenerKind::Public, addr)) => break addr,
                 Err(_) => {
                     let status = child.try_wait().unwrap();
                     let _ = child.kill();
@@ -340,9 +311,53 @@ impl Drop for Collector {
 }
 
 /// Which start-up line an address came from.
-enum Listener {
+pub enum ListenerKind {
     Admin,
     Public,
+}
+
+/// A `collector` process with its stderr read on a thread of its own.
+pub struct Spawned {
+    pub child: Child,
+    /// Every line it logged so far.
+    pub log: Arc<std::sync::Mutex<String>>,
+    /// Each listener's address, as its start-up line names it (the admin line comes first).
+    pub listening: std::sync::mpsc::Receiver<(ListenerKind, SocketAddr)>,
+}
+
+/// Spawns `command` (the collector binary with its arguments) logging warnings and the
+/// start-up lines that carry the bound addresses; keeps its log, echoes it to the test's
+/// output as `[label] …`, and sends each listener's address as it is logged.
+pub fn spawn_logged(command: &mut Command, label: &str) -> Spawned {
+    let mut child = command
+        .env("COLLECTOR_LOG", "warn,collector::app=info")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the collector binary");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, listening) = std::sync::mpsc::channel();
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    let (kept, label) = (log.clone(), label.to_string());
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut text = kept.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+            drop(text);
+            let addr = || line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next());
+            for (kind, what) in
+                [(ListenerKind::Admin, "Admin listening."), (ListenerKind::Public, "Collector listening.")]
+            {
+                if let Some(addr) = addr().filter(|_| line.contains(what)) {
+                    let _ = tx.send((kind, addr.parse().expect("the collector logs a socket address")));
+                }
+            }
+            eprintln!("[{label}] {line}");
+        }
+    });
+    Spawned { child, log, listening }
 }
 
 /// A one-event request whose event is identifiable by `id` (carried as `event_type`).
