@@ -67,8 +67,15 @@ start() {
   "$ROOT/scripts/kafka.sh" fetch
   mkdir -p "$STATE"
   if [[ ! -s "$ID_FILE" ]]; then
-    # A Kafka cluster id: 16 random bytes, base64url without padding (as StorageTool random-uuid).
-    head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=' >"$ID_FILE"
+    # A Kafka cluster id: 16 random bytes, base64url without padding (as StorageTool random-uuid),
+    # never starting with '-' (Kafka's own ids avoid it too: kafka-storage would read the id as
+    # an option, and one start in 64 failed so in CI).
+    local id
+    id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    while [[ "$id" == -* ]]; do
+      id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    done
+    echo "$id" >"$ID_FILE"
   fi
   # All at once: a broker's start-up waits for the controller quorum, which needs two voters.
   local n pids=() failed=0
